@@ -1,0 +1,49 @@
+# The two commands of the quick start: `make run` and `make test`. Both install what they need.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+# Re-install when pyproject.toml changes.
+STAMP := $(VENV)/.installed-$(shell sha1sum pyproject.toml | cut -c1-12)
+DEV_STAMP := $(VENV)/.installed-dev-$(shell sha1sum pyproject.toml | cut -c1-12)
+# Debian packages the test suite needs (installed only when missing).
+TEST_DEBS :=
+export PIP_DISABLE_PIP_VERSION_CHECK := 1
+
+.PHONY: run test bench install install-dev system-deps clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+
+$(STAMP): | $(BIN)/python
+	$(BIN)/pip install -q -e .
+	touch $@
+
+$(DEV_STAMP): | $(BIN)/python
+	$(BIN)/pip install -q -e '.[dev]'
+	touch $@
+
+install: $(STAMP)
+install-dev: $(DEV_STAMP)
+
+## make run: start the IdP on the embedded default (SQLite ./idp.db, keystore ./keys), issuer http://127.0.0.1:8000
+run: install
+	$(BIN)/idp serve
+
+system-deps:
+	@missing=""; for p in $(TEST_DEBS); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing Debian packages:$$missing"; \
+	  (apt-get install -y -q --no-install-recommends $$missing || (apt-get update -q && apt-get install -y -q --no-install-recommends $$missing)) >/dev/null; \
+	fi
+
+## make test: the whole suite, on SQLite and on the local PostgreSQL
+test: install-dev system-deps
+	$(BIN)/python -m pytest -q
+
+bench: install-dev
+	$(BIN)/python bench/run.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache .hypothesis

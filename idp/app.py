@@ -1,0 +1,174 @@
+"""The IdP's HTTP surface (FastAPI): thin routes over the protocol modules in ``idp.oauth2``.
+
+Every answer is JSON. Protocol refusals are RFC 6749 §5.2 error objects; anything unexpected is
+a logged ``server_error`` without internals, never a traceback.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import random
+from collections.abc import AsyncIterator
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import Response
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.middleware.cors import CORSMiddleware
+
+from . import __version__, logs
+from .config import Settings
+from .oauth2 import introspection, metadata, revocation, token_endpoint
+from .oauth2.errors import InvalidRequest, OAuthError, OAuthResponse, ServerBusy
+from .oauth2.forms import parse_form
+from .provider import Provider
+
+log = logging.getLogger("cbst.idp")
+MAINTENANCE_INTERVAL = 30.0
+
+
+def _json(status: int, body: Any, headers: dict[str, str] | None = None) -> Response:
+    return Response(json.dumps(body, separators=(",", ":")).encode(), status, headers, media_type="application/json")
+
+
+def _oauth(resp: OAuthResponse) -> Response:
+    return Response(resp.encode(), resp.status, resp.headers, media_type="application/json")
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    """The request body, refused with 413 past ``limit`` bytes (checked before and while reading)."""
+    declared = request.headers.get("content-length")
+    if declared is not None and (not declared.isdigit() or int(declared) > limit):
+        raise InvalidRequest(f"request body larger than {limit} bytes", status=413)
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise InvalidRequest(f"request body larger than {limit} bytes", status=413)
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def create_app(settings: Settings | None = None, provider: Provider | None = None, *, maintenance: bool = True) -> FastAPI:
+    settings = settings or (provider.settings if provider else Settings())
+    state: dict[str, Provider] = {}
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        prov = provider or Provider.open(settings)
+        state["provider"] = prov
+        task = asyncio.create_task(_maintenance_loop(prov)) if maintenance else None
+        log.info("idp started", extra={"fields": {"issuer": settings.issuer, "version": __version__}})
+        try:
+            yield
+        finally:
+            if task:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+            if provider is None:
+                prov.close()
+
+    app = FastAPI(title="CBST identity provider", version=__version__, lifespan=lifespan,
+                  docs_url=None, redoc_url=None)
+    # Browser-based MCP clients read metadata and call the token endpoint cross-origin; no
+    # cookies are involved, so any origin may.
+    app.add_middleware(CORSMiddleware, allow_origins=["*"], allow_methods=["GET", "POST"],
+                       allow_headers=["Authorization", "Content-Type", "MCP-Protocol-Version"])
+
+    def prov() -> Provider:
+        return state["provider"] if "provider" in state else _lazy(state, settings, provider)
+
+    as_metadata = metadata.authorization_server_metadata(settings)
+    oidc_metadata = metadata.openid_configuration(settings)
+    metadata_headers = {"Cache-Control": "public, max-age=3600"}
+
+    @app.get("/.well-known/oauth-authorization-server", tags=["discovery"])
+    async def oauth_metadata() -> Response:
+        return _json(200, as_metadata, metadata_headers)
+
+    @app.get("/.well-known/openid-configuration", tags=["discovery"])
+    async def openid_configuration() -> Response:
+        return _json(200, oidc_metadata, metadata_headers)
+
+    @app.get("/jwks", tags=["discovery"])
+    async def jwks(request: Request) -> Response:
+        body, etag = prov().keys.jwks()
+        headers = {"Cache-Control": f"public, max-age={settings.jwks_max_age}", "ETag": etag}
+        if request.headers.get("if-none-match") == etag:
+            return Response(status_code=304, headers=headers)
+        return Response(body, 200, headers, media_type="application/jwk-set+json")
+
+    async def oauth_post(request: Request, handler: Any) -> Response:
+        try:
+            form = parse_form(request.headers.get("content-type"), await read_body(request, settings.max_body_bytes))
+            result = handler(prov(), form, request.headers.get("authorization"))
+            if asyncio.iscoroutine(result):
+                result = await result
+            return _oauth(result)
+        except OAuthError as exc:
+            return _oauth(exc.response())
+        except Exception:  # noqa: BLE001 - a database outage must not leak a traceback
+            log.exception("request failed", extra={"fields": {"path": request.url.path}})
+            return _oauth(ServerBusy("the server cannot complete the request now; retry later").response())
+
+    @app.post("/token", tags=["oauth"])
+    async def token(request: Request) -> Response:
+        return await oauth_post(request, token_endpoint.token)
+
+    @app.post("/introspect", tags=["oauth"])
+    async def introspect(request: Request) -> Response:
+        return await oauth_post(request, introspection.introspect)
+
+    @app.post("/revoke", tags=["oauth"])
+    async def revoke(request: Request) -> Response:
+        return await oauth_post(request, revocation.revoke)
+
+    @app.get("/healthz", tags=["ops"])
+    async def healthz() -> Response:
+        return _json(200, {"status": "ok", "version": __version__})
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException) -> Response:
+        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "invalid_request")
+        return _json(exc.status_code, {"error": code, "error_description": str(exc.detail)}, getattr(exc, "headers", None))
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(request: Request, exc: RequestValidationError) -> Response:
+        return _json(400, {"error": "invalid_request", "error_description": "malformed request"})
+
+    @app.exception_handler(Exception)
+    async def unexpected(request: Request, exc: Exception) -> Response:
+        log.exception("unexpected error", extra={"fields": {"path": request.url.path}})
+        return _json(500, {"error": "server_error", "error_description": "internal error"})
+
+    return app
+
+
+def _lazy(state: dict[str, Provider], settings: Settings, provider: Provider | None) -> Provider:
+    # Only reached when the app is used without its lifespan (some test clients).
+    state["provider"] = provider or Provider.open(settings)
+    return state["provider"]
+
+
+async def _maintenance_loop(provider: Provider) -> None:
+    while True:
+        # Jitter so that several processes do not all hit the database in the same second.
+        await asyncio.sleep(MAINTENANCE_INTERVAL * random.uniform(0.5, 1.0))
+        try:
+            events = await asyncio.to_thread(provider.maintain)
+            for event in events:
+                log.info("maintenance", extra={"fields": {"event": event}})
+        except Exception:  # noqa: BLE001 - keep maintaining after a transient failure
+            log.exception("maintenance failed")
+
+
+def app_from_env() -> FastAPI:
+    """Uvicorn factory for ``idp serve`` (each worker builds its app from the environment)."""
+    settings = Settings()
+    logs.configure(settings.log_level, settings.log_json)
+    return create_app(settings)

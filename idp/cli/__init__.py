@@ -1,0 +1,45 @@
+"""``idp``: run and administer the CBST identity provider.
+
+Every command that prints data takes ``--json`` for scripts; errors go to stderr (or, with
+``--json``, as ``{"error": ...}`` on stdout) with exit status 1; usage errors exit 2.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from . import audit_cmd, clients_cmd, config_cmd, db_cmd, keys_cmd, serve_cmd, tokens_cmd
+
+app = typer.Typer(
+    name="idp",
+    help="CBST identity provider: capability tokens for MCP servers.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+
+@app.callback()
+def _root(
+    config: Annotated[Optional[Path], typer.Option("--config", "-c", help="TOML configuration file (sets IDP_CONFIG).",
+                                                   exists=True, dir_okay=False)] = None,
+) -> None:
+    if config is not None:
+        os.environ["IDP_CONFIG"] = str(config.resolve())
+
+
+app.command("serve")(serve_cmd.serve)
+app.add_typer(config_cmd.app, name="config")
+app.add_typer(clients_cmd.app, name="clients")
+app.add_typer(tokens_cmd.app, name="tokens")
+app.add_typer(keys_cmd.app, name="keys")
+app.add_typer(audit_cmd.app, name="audit")
+app.add_typer(db_cmd.app, name="db")
+
+
+def main() -> None:
+    app()

@@ -1,0 +1,128 @@
+"""``idp clients``: register and manage OAuth clients."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.table import Table
+
+from ..clients import AUTH_METHODS, ClientError, ClientRecord
+from .common import JsonOpt, emit_json, fail, out, provider, when
+
+app = typer.Typer(help="Register and manage clients.", no_args_is_help=True)
+Ref = Annotated[str, typer.Argument(help="client_id or name")]
+
+
+def _show(client: ClientRecord, secret: str | None = None) -> None:
+    table = Table(show_header=False, box=None)
+    for key, value in client.public_dict().items():
+        if key in ("created_at", "updated_at"):
+            value = when(value)
+        table.add_row(f"[bold]{key}[/]", ", ".join(value) if isinstance(value, list) else str(value))
+    if secret:
+        table.add_row("[bold]client_secret[/]", f"[yellow]{secret}[/]")
+    out.print(table)
+
+
+@app.command("add")
+def add(
+    name: Annotated[str, typer.Argument(help="Unique client name.")],
+    capabilities: Annotated[str, typer.Option("--capabilities", help='Space-separated, e.g. "tools/call:* resources/read:file:///docs/**".')],
+    audience: Annotated[Optional[list[str]], typer.Option("--audience", help="Resource URI the client may get tokens for (repeatable).")] = None,
+    auth: Annotated[str, typer.Option("--auth", help=f"Authentication method: {', '.join(AUTH_METHODS)}.")] = "client_secret_basic",
+    jwks: Annotated[Optional[Path], typer.Option("--jwks", help="JWKS file with the client's public keys (private_key_jwt).", dir_okay=False)] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Register a client and print its client_id (and, once, its generated secret)."""
+    jwks_doc = None
+    if jwks is not None:
+        try:
+            jwks_doc = json.loads(jwks.read_text())
+        except (OSError, ValueError) as exc:
+            fail(f"cannot read JWKS {jwks}: {exc}", as_json=as_json)
+    with provider(as_json) as prov:
+        try:
+            client, secret = prov.clients.add(name, capabilities=capabilities, audiences=audience or [],
+                                              auth_method=auth, jwks=jwks_doc)
+        except ClientError as exc:
+            fail(str(exc), as_json=as_json)
+    if as_json:
+        emit_json({**client.public_dict(), **({"client_secret": secret} if secret else {})})
+        return
+    _show(client, secret)
+    if secret:
+        out.print("[dim]The secret is shown only now; it is stored hashed.[/]")
+    if not client.audiences:
+        out.print("[yellow]warning:[/] no --audience: this client cannot get tokens until it has one.")
+
+
+@app.command("list")
+def list_(as_json: JsonOpt = False) -> None:
+    """List clients."""
+    with provider(as_json) as prov:
+        clients = prov.clients.list()
+    if as_json:
+        emit_json([c.public_dict() for c in clients])
+        return
+    table = Table("name", "client_id", "auth", "enabled", "capabilities", "audiences")
+    for c in clients:
+        table.add_row(c.name, c.client_id, c.auth_method, "yes" if c.enabled else "[red]no[/]",
+                      c.capabilities.to_scope(), " ".join(c.audiences))
+    out.print(table if clients else "[dim]no clients[/]")
+
+
+@app.command("show")
+def show(ref: Ref, as_json: JsonOpt = False) -> None:
+    """Show one client."""
+    with provider(as_json) as prov:
+        client = prov.clients.find(ref)
+    if client is None:
+        fail(f"no client {ref!r}", as_json=as_json)
+    emit_json(client.public_dict()) if as_json else _show(client)
+
+
+def _set_enabled(ref: str, enabled: bool, as_json: bool) -> None:
+    with provider(as_json) as prov:
+        try:
+            client = prov.clients.set_enabled(ref, enabled)
+        except ClientError as exc:
+            fail(str(exc), as_json=as_json)
+    if as_json:
+        emit_json(client.public_dict())
+    else:
+        out.print(f"client [bold]{client.name}[/] ({client.client_id}) {'enabled' if enabled else 'disabled'}")
+
+
+@app.command("disable")
+def disable(ref: Ref, as_json: JsonOpt = False) -> None:
+    """Disable a client: it can no longer get, introspect or revoke tokens."""
+    _set_enabled(ref, False, as_json)
+
+
+@app.command("enable")
+def enable(ref: Ref, as_json: JsonOpt = False) -> None:
+    """Enable a disabled client."""
+    _set_enabled(ref, True, as_json)
+
+
+@app.command("remove")
+def remove(
+    ref: Ref,
+    yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")] = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Remove a client for good (its unexpired tokens stay valid until they expire; revoke them first if needed)."""
+    with provider(as_json) as prov:
+        client = prov.clients.find(ref)
+        if client is None:
+            fail(f"no client {ref!r}", as_json=as_json)
+        if not yes and not as_json and not typer.confirm(f"Remove client {client.name} ({client.client_id})?"):
+            raise typer.Exit(1)
+        try:
+            prov.clients.remove(client.client_id)
+        except ClientError as exc:
+            fail(str(exc), as_json=as_json)
+    emit_json({"removed": client.client_id}) if as_json else out.print(f"removed client [bold]{client.name}[/]")

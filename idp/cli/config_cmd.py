@@ -1,0 +1,23 @@
+"""``idp config``: the effective configuration."""
+
+from __future__ import annotations
+
+import typer
+from rich.table import Table
+
+from .common import JsonOpt, emit_json, load_settings, out
+
+app = typer.Typer(help="Show configuration.", no_args_is_help=True)
+
+
+@app.command("show")
+def show(as_json: JsonOpt = False) -> None:
+    """Print the effective configuration (environment over config file over defaults), secrets masked."""
+    settings = load_settings(as_json).masked()
+    if as_json:
+        emit_json(settings)
+        return
+    table = Table("setting", "value", "environment variable", title="effective configuration")
+    for name, value in settings.items():
+        table.add_row(name, "-" if value is None else str(value), "IDP_" + name.upper())
+    out.print(table)

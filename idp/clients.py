@@ -1,0 +1,233 @@
+"""The client registry: registration and lookup of OAuth clients (RFC 6749 §2).
+
+Client secrets are generated here with 256 bits of entropy and stored only as a SHA-256 hash.
+A slow password hash (bcrypt, argon2) would add tens of milliseconds per token request and
+protects nothing extra for a secret that is not guessable to begin with; comparison is
+constant-time (``hmac.compare_digest``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import re
+import secrets
+from dataclasses import dataclass
+from functools import lru_cache
+from types import SimpleNamespace
+from typing import Any
+from urllib.parse import urlsplit
+
+from sqlalchemy import Engine, delete, insert, or_, select, update
+from sqlalchemy.exc import IntegrityError
+
+from sdk.capabilities import CapabilityError, CapabilitySet
+
+from . import audit, clock
+from .models import Client
+
+_clients = Client.__table__  # type: ignore[attr-defined]
+
+AUTH_METHODS = ("client_secret_basic", "client_secret_post", "private_key_jwt")
+SECRET_PREFIX = "cbsts_"  # makes leaked secrets easy for scanners to recognise
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+MAX_AUDIENCES = 32
+
+
+# Parsed capability sets are immutable; cache them so the token endpoint does not recompile
+# patterns on every request.
+_parse_capabilities = lru_cache(maxsize=4096)(CapabilitySet.parse)
+
+
+class ClientError(ValueError):
+    """A registration that cannot be made; the message says why."""
+
+
+@dataclass(frozen=True)
+class ClientRecord:
+    client_id: str
+    name: str
+    auth_method: str
+    secret_hash: str | None
+    jwks: dict[str, Any] | None
+    capabilities: CapabilitySet
+    audiences: tuple[str, ...]
+    enabled: bool
+    created_at: int
+    updated_at: int
+
+    def public_dict(self) -> dict[str, Any]:
+        return {
+            "client_id": self.client_id,
+            "name": self.name,
+            "auth_method": self.auth_method,
+            "capabilities": self.capabilities.to_scope(),
+            "audiences": list(self.audiences),
+            "enabled": self.enabled,
+            "created_at": self.created_at,
+            "updated_at": self.updated_at,
+            **({"jwks_kids": [k.get("kid") for k in self.jwks.get("keys", [])]} if self.jwks else {}),
+        }
+
+    def check_secret(self, secret: str) -> bool:
+        expected = self.secret_hash or ""
+        return hmac.compare_digest(hash_secret(secret), expected) and bool(expected)
+
+
+def hash_secret(secret: str) -> str:
+    return hashlib.sha256(secret.encode("utf-8", "surrogatepass")).hexdigest()
+
+
+def generate_secret() -> str:
+    return SECRET_PREFIX + secrets.token_urlsafe(32)  # 256 bits
+
+
+def validate_audience(uri: str) -> str:
+    """RFC 8707 §2: a resource is an absolute URI without a fragment."""
+    parts = urlsplit(uri)
+    if not parts.scheme or not (parts.netloc or parts.scheme == "urn") or parts.fragment or len(uri) > 512 or any(
+        c.isspace() for c in uri
+    ):
+        raise ClientError(f"audience {uri!r} must be an absolute URI without fragment (RFC 8707)")
+    return uri
+
+
+def validate_jwks(jwks: Any) -> dict[str, Any]:
+    """A client's public keys for private_key_jwt: a JWKS with at least one public signing key."""
+    from joserfc.errors import JoseError
+    from joserfc.jwk import KeySet
+
+    if not isinstance(jwks, dict) or not isinstance(jwks.get("keys"), list) or not jwks["keys"]:
+        raise ClientError("JWKS must be a JSON object with a non-empty 'keys' array")
+    if len(jwks["keys"]) > 16:
+        raise ClientError("JWKS has too many keys (max 16)")
+    for jwk in jwks["keys"]:
+        if not isinstance(jwk, dict) or any(m in jwk for m in ("d", "p", "q", "k")):
+            raise ClientError("JWKS must contain public keys only")
+    try:
+        KeySet.import_key_set(jwks)
+    except (JoseError, ValueError, TypeError, KeyError) as exc:
+        raise ClientError(f"invalid JWKS: {exc}") from None
+    return jwks
+
+
+class ClientRegistry:
+    """Storage of clients behind a narrow interface (one code path for SQLite and PostgreSQL)."""
+
+    def __init__(self, engine: Engine) -> None:
+        self._engine = engine
+
+    @staticmethod
+    def _record(row: Any) -> ClientRecord:
+        return ClientRecord(
+            client_id=row.client_id,
+            name=row.name,
+            auth_method=row.auth_method,
+            secret_hash=row.secret_hash,
+            jwks=json.loads(row.jwks) if row.jwks else None,
+            capabilities=_parse_capabilities(row.capabilities),
+            audiences=tuple(json.loads(row.audiences)),
+            enabled=bool(row.enabled),
+            created_at=row.created_at,
+            updated_at=row.updated_at,
+        )
+
+    def add(
+        self,
+        name: str,
+        *,
+        capabilities: str,
+        audiences: list[str] | tuple[str, ...] = (),
+        auth_method: str = "client_secret_basic",
+        jwks: dict[str, Any] | None = None,
+        actor: str = "cli",
+    ) -> tuple[ClientRecord, str | None]:
+        """Register a client; returns it and, for secret methods, the secret (shown once)."""
+        if not isinstance(name, str) or not _NAME.fullmatch(name):
+            raise ClientError("name must be 1-128 characters of letters, digits, '.', '_' or '-', starting alphanumeric")
+        try:
+            caps = CapabilitySet.parse(capabilities)
+        except CapabilityError as exc:
+            raise ClientError(str(exc)) from None
+        if not len(caps):
+            raise ClientError("a client needs at least one capability")
+        if auth_method not in AUTH_METHODS:
+            raise ClientError(f"auth method must be one of {', '.join(AUTH_METHODS)}")
+        if len(audiences) > MAX_AUDIENCES:
+            raise ClientError(f"at most {MAX_AUDIENCES} audiences")
+        auds = tuple(dict.fromkeys(validate_audience(a) for a in audiences))
+        secret: str | None = None
+        if auth_method == "private_key_jwt":
+            if jwks is None:
+                raise ClientError("private_key_jwt needs the client's public keys (--jwks FILE)")
+            jwks = validate_jwks(jwks)
+        elif jwks is not None:
+            raise ClientError("--jwks is only for private_key_jwt")
+        else:
+            secret = generate_secret()
+        now = clock.now()
+        client_id = secrets.token_urlsafe(16)
+        row = {
+            "client_id": client_id,
+            "name": name,
+            "auth_method": auth_method,
+            "secret_hash": hash_secret(secret) if secret else None,
+            "jwks": json.dumps(jwks, separators=(",", ":")) if jwks else None,
+            "capabilities": caps.to_scope(),
+            "audiences": json.dumps(list(auds)),
+            "enabled": True,
+            "created_at": now,
+            "updated_at": now,
+        }
+        try:
+            with audit.transaction(self._engine) as tx:
+                if tx.conn.execute(select(_clients.c.client_id).where(_clients.c.name == name)).first():
+                    raise ClientError(f"a client named {name!r} already exists")
+                tx.conn.execute(insert(_clients), [row])
+                tx.record(audit.Record(
+                    "client.registered", actor, client_id=client_id,
+                    data={"name": name, "auth_method": auth_method, "capabilities": row["capabilities"], "audiences": list(auds)},
+                ))
+        except IntegrityError:
+            raise ClientError(f"a client named {name!r} already exists") from None
+        return self._record(SimpleNamespace(**row)), secret
+
+    def get(self, client_id: str) -> ClientRecord | None:
+        """Look up by client_id (the token endpoint's hot path)."""
+        if not isinstance(client_id, str) or not client_id or len(client_id) > 64:
+            return None
+        with self._engine.connect() as conn:
+            row = conn.execute(select(_clients).where(_clients.c.client_id == client_id)).first()
+        return self._record(row) if row else None
+
+    def find(self, id_or_name: str) -> ClientRecord | None:
+        with self._engine.connect() as conn:
+            row = conn.execute(
+                select(_clients).where(or_(_clients.c.client_id == id_or_name, _clients.c.name == id_or_name))
+            ).first()
+        return self._record(row) if row else None
+
+    def list(self) -> list[ClientRecord]:
+        with self._engine.connect() as conn:
+            return [self._record(r) for r in conn.execute(select(_clients).order_by(_clients.c.created_at, _clients.c.name))]
+
+    def set_enabled(self, id_or_name: str, enabled: bool, *, actor: str = "cli") -> ClientRecord:
+        client = self._require(id_or_name)
+        with audit.transaction(self._engine) as tx:
+            tx.conn.execute(update(_clients).where(_clients.c.client_id == client.client_id).values(enabled=enabled, updated_at=clock.now()))
+            tx.record(audit.Record("client.enabled" if enabled else "client.disabled", actor, client_id=client.client_id))
+        return self._require(client.client_id)
+
+    def remove(self, id_or_name: str, *, actor: str = "cli") -> ClientRecord:
+        client = self._require(id_or_name)
+        with audit.transaction(self._engine) as tx:
+            tx.conn.execute(delete(_clients).where(_clients.c.client_id == client.client_id))
+            tx.record(audit.Record("client.removed", actor, client_id=client.client_id, data={"name": client.name}))
+        return client
+
+    def _require(self, id_or_name: str) -> ClientRecord:
+        client = self.find(id_or_name)
+        if client is None:
+            raise ClientError(f"no client {id_or_name!r}")
+        return client

@@ -1,0 +1,118 @@
+"""Configuration: environment variables (``IDP_*``) over an optional TOML file over defaults.
+
+The TOML file is named by ``IDP_CONFIG`` (or ``idp --config FILE``); its keys are the field
+names below without the prefix (``issuer = "https://idp.example"``). See docs/configuration.md.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+SigningAlg = Literal["ES256", "EdDSA"]
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="IDP_", extra="forbid", validate_default=True)
+
+    issuer: str = Field("http://127.0.0.1:8000", description="Issuer identifier (RFC 8414 §2); no trailing slash.")
+    database_url: str = Field("sqlite:///idp.db", description="SQLAlchemy URL: sqlite:///PATH or postgresql://...")
+    keys_dir: Path = Field(Path("keys"), description="Keystore directory (generated key-encryption key lives here).")
+    keystore_passphrase: SecretStr | None = Field(None, description="Passphrase that encrypts signing keys (scrypt).")
+    keystore_kek: SecretStr | None = Field(None, description="Base64url 32-byte key-encryption key (instead of a passphrase).")
+    signing_alg: SigningAlg = Field("ES256", description="Algorithm of newly created signing keys.")
+    access_token_ttl: int = Field(300, ge=30, le=86400, description="Access token lifetime, seconds.")
+    clock_skew: int = Field(60, ge=0, le=600, description="Allowed clock skew, seconds.")
+    jwks_max_age: int = Field(300, ge=0, le=86400, description="Cache-Control max-age of the JWKS, seconds.")
+    key_prepublication: int | None = Field(
+        None, ge=0, description="Seconds a new key is published before it signs; default 2 x jwks_max_age."
+    )
+    key_rotation_interval: int = Field(30 * 86400, ge=0, description="Automatic rotation period, seconds; 0 = off.")
+    key_refresh_interval: int = Field(5, ge=1, le=300, description="How often a process re-reads keys, seconds.")
+    audit_retention_days: int = Field(30, ge=7, le=30, description="Audit records older than this are pruned.")
+    max_body_bytes: int = Field(16 * 1024, ge=1024, le=1024 * 1024, description="Largest request body accepted.")
+    sqlite_synchronous: Literal["FULL", "NORMAL"] = Field(
+        "FULL", description="SQLite durability: FULL survives power loss, NORMAL only process crashes."
+    )
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    log_json: bool = Field(True, description="Structured JSON log lines on stderr.")
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=1, le=65535)
+    workers: int = Field(1, ge=1, le=64)
+
+    @field_validator("issuer")
+    @classmethod
+    def _issuer(cls, value: str) -> str:
+        from urllib.parse import urlsplit
+
+        parts = urlsplit(value)
+        if parts.scheme not in ("https", "http") or not parts.netloc or parts.query or parts.fragment:
+            raise ValueError("issuer must be an http(s) URL without query or fragment")
+        if value.endswith("/"):
+            raise ValueError("issuer must not end with '/' (MCP clients compare it byte for byte)")
+        return value
+
+    @model_validator(mode="after")
+    def _derived(self) -> Settings:
+        if self.key_prepublication is None:
+            self.key_prepublication = 2 * self.jwks_max_age
+        return self
+
+    @property
+    def prepublication(self) -> int:
+        assert self.key_prepublication is not None
+        return self.key_prepublication
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        config_file = os.environ.get("IDP_CONFIG")
+        if config_file:
+            if not Path(config_file).is_file():
+                raise ValueError(f"IDP_CONFIG names {config_file!r}, which is not a file")
+            sources.append(TomlConfigSettingsSource(settings_cls, toml_file=config_file))
+        return tuple(sources)
+
+    def masked(self) -> dict[str, Any]:
+        """Effective configuration with secrets masked, for ``idp config show``."""
+        out: dict[str, Any] = {}
+        for name in type(self).model_fields:
+            value = getattr(self, name)
+            if isinstance(value, SecretStr):
+                value = "********"
+            elif name == "database_url":
+                value = mask_url(value)
+            elif isinstance(value, Path):
+                value = str(value)
+            out[name] = value
+        return out
+
+
+def mask_url(url: str) -> str:
+    """Hide a password in a database URL."""
+    from sqlalchemy.engine import make_url
+
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:  # noqa: BLE001 - an unparsable URL is shown as is minus credentials
+        return url.split("@")[-1]
+
+
+def load_settings(**overrides: Any) -> Settings:
+    return Settings(**overrides)

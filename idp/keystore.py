@@ -1,0 +1,105 @@
+"""Encryption of signing keys at rest.
+
+Private keys are stored in the database only as an AES-256-GCM envelope (the key id is the
+associated data, so an envelope cannot be moved to another key's row). The key-encryption
+key (KEK) comes from, in order:
+
+1. ``IDP_KEYSTORE_KEK``: 32 random bytes, base64url — for secret managers;
+2. ``IDP_KEYSTORE_PASSPHRASE``: stretched with scrypt (RFC 7914) and a per-envelope salt;
+3. neither: a random KEK generated on first start into ``<keys_dir>/kek`` (mode 0600). Fine for
+   a single host and development; production sets 1 or 2 (and every IdP process sharing one
+   database must use the same one).
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import secrets
+from dataclasses import dataclass
+from pathlib import Path
+
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
+
+from sdk.jws import b64url_decode, b64url_encode
+
+KEK_FILE = "kek"
+_SCRYPT_N, _SCRYPT_R, _SCRYPT_P = 2**15, 8, 1
+
+
+class KeystoreError(RuntimeError):
+    """The keystore cannot be opened or an envelope cannot be decrypted."""
+
+
+@dataclass(frozen=True)
+class Keystore:
+    """Seals and opens private keys. Holds the KEK (or passphrase) in memory only."""
+
+    source: str  # "kek", "passphrase" or "file:<path>"
+    _kek: bytes | None = None
+    _passphrase: bytes | None = None
+
+    @classmethod
+    def open(cls, *, keys_dir: Path, kek: str | None = None, passphrase: str | None = None, create: bool = True) -> Keystore:
+        if kek:
+            try:
+                raw = base64.urlsafe_b64decode(kek + "=" * (-len(kek) % 4))
+            except ValueError:
+                raw = b""
+            if len(raw) != 32:
+                raise KeystoreError("IDP_KEYSTORE_KEK must be 32 bytes, base64url-encoded")
+            return cls("kek", _kek=raw)
+        if passphrase:
+            if len(passphrase) < 12:
+                raise KeystoreError("IDP_KEYSTORE_PASSPHRASE must be at least 12 characters")
+            return cls("passphrase", _passphrase=passphrase.encode("utf-8"))
+        path = Path(keys_dir) / KEK_FILE
+        if not path.exists():
+            if not create:
+                raise KeystoreError(f"no keystore KEK at {path} and none configured")
+            path.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            except FileExistsError:  # another process created it first
+                pass
+            else:
+                with os.fdopen(fd, "w") as fh:
+                    fh.write(b64url_encode(secrets.token_bytes(32)) + "\n")
+        if path.stat().st_mode & 0o077:
+            raise KeystoreError(f"{path} must be readable by its owner only (chmod 600)")
+        raw = b64url_decode(path.read_text().strip())
+        if len(raw) != 32:
+            raise KeystoreError(f"{path} does not hold a 32-byte key")
+        return cls(f"file:{path}", _kek=raw)
+
+    def _key(self, salt: bytes | None) -> bytes:
+        if self._kek is not None:
+            return self._kek
+        assert self._passphrase is not None and salt is not None
+        return Scrypt(salt=salt, length=32, n=_SCRYPT_N, r=_SCRYPT_R, p=_SCRYPT_P).derive(self._passphrase)
+
+    def seal(self, plaintext: bytes, *, kid: str) -> str:
+        salt = secrets.token_bytes(16) if self._passphrase is not None else None
+        nonce = secrets.token_bytes(12)
+        ct = AESGCM(self._key(salt)).encrypt(nonce, plaintext, kid.encode("utf-8"))
+        env = {"v": 1, "enc": "A256GCM", "kdf": "scrypt" if salt else "kek", "nonce": b64url_encode(nonce), "ct": b64url_encode(ct)}
+        if salt:
+            env.update(salt=b64url_encode(salt), n=_SCRYPT_N, r=_SCRYPT_R, p=_SCRYPT_P)
+        return json.dumps(env, separators=(",", ":"))
+
+    def open_envelope(self, envelope: str, *, kid: str) -> bytes:
+        try:
+            env = json.loads(envelope)
+            salt = b64url_decode(env["salt"]) if env.get("kdf") == "scrypt" else None
+            if (salt is None) != (self._passphrase is None):
+                raise KeystoreError(
+                    f"key {kid} was sealed with a {env.get('kdf')} keystore; this process has a {self.source} one"
+                )
+            return AESGCM(self._key(salt)).decrypt(b64url_decode(env["nonce"]), b64url_decode(env["ct"]), kid.encode("utf-8"))
+        except InvalidTag:
+            raise KeystoreError(f"cannot decrypt key {kid}: wrong passphrase/KEK for this database") from None
+        except (KeyError, ValueError, TypeError) as exc:
+            raise KeystoreError(f"corrupt keystore envelope for key {kid}: {exc}") from None

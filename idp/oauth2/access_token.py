@@ -1,0 +1,29 @@
+"""JWT access tokens (RFC 9068): the claims of a CBST and their checks on introspection."""
+
+from __future__ import annotations
+
+import secrets
+from typing import Any
+
+from sdk.jws import PrivateKey
+
+
+def build_claims(*, issuer: str, client_id: str, subject: str, audience: str, scope: str, ttl: int, now: int,
+                 extra: dict[str, Any] | None = None) -> dict[str, Any]:
+    claims: dict[str, Any] = {
+        "iss": issuer,
+        "sub": subject,
+        "aud": audience,
+        "client_id": client_id,
+        "iat": now,
+        "exp": now + ttl,
+        "jti": secrets.token_urlsafe(16),
+        "scope": scope,
+    }
+    if extra:
+        claims.update(extra)
+    return claims
+
+
+def sign(key: PrivateKey, claims: dict[str, Any]) -> str:
+    return key.sign(claims, typ="at+jwt")

@@ -1,0 +1,282 @@
+"""Compact JWS (RFC 7515) with JWK (RFC 7517/7518/8037) for CBST access tokens — the low-level layer.
+
+Only the asymmetric algorithms CBST pins are supported: ES256 (P-256, RFC 7518 §3.4) and
+EdDSA (Ed25519, RFC 8037). The algorithm is taken from the *key*, never from the token header:
+a header whose ``alg`` disagrees with the key is refused, so ``alg: none`` and HS256-with-the-
+public-key forgeries cannot work.
+
+Hand-written on purpose rather than pyjwt/joserfc: measured on this kind of machine
+(shared/notes/baselines.md), verifying an access token costs pyjwt 1.79x and joserfc 1.51x the
+raw ES256 primitive, a minimal json+base64+cryptography path 1.19x; the SDK's target is ≤ 1.3x.
+Everything here is checked against joserfc in tests/test_jws.py. Callers should prefer the
+higher-level ``sdk.access_token`` (claims checks) over this module.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import json
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519
+from cryptography.hazmat.primitives.asymmetric.utils import (
+    decode_dss_signature,
+    encode_dss_signature,
+)
+
+SUPPORTED_ALGS = ("ES256", "EdDSA")
+ACCESS_TOKEN_TYP = "at+jwt"  # RFC 9068 §2.1
+
+#: Tokens longer than this are refused before any parsing (a CBST is typically < 1 KiB).
+MAX_TOKEN_LENGTH = 16 * 1024
+#: Header members a verifier understands. Anything in ``crit`` is by definition not understood
+#: (RFC 7515 §4.1.11); ``jku``/``x5u``/``jwk``/``x5c`` would let the token pick its own key.
+_KNOWN_HEADER = frozenset({"alg", "kid", "typ"})
+_FORBIDDEN_HEADER = frozenset({"jku", "x5u", "jwk", "x5c", "crit", "b64", "zip"})
+_MAX_KID_LENGTH = 128
+_B64URL = re.compile(r"[A-Za-z0-9_-]*")
+_ES256_SIG_LEN = 64
+_ED25519_SIG_LEN = 64
+
+
+class JWSError(Exception):
+    """A token that cannot be accepted; the message is safe to show to the caller."""
+
+
+class MalformedToken(JWSError):
+    pass
+
+
+class UnsupportedHeader(JWSError):
+    pass
+
+
+class UnknownKey(JWSError):
+    """The ``kid`` is not among the keys offered (a verifier may refetch the JWKS once)."""
+
+
+class BadSignature(JWSError):
+    pass
+
+
+def b64url_encode(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
+
+
+def b64url_decode(text: str) -> bytes:
+    """Strict base64url without padding (RFC 7515 §2): other characters are an error."""
+    if not _B64URL.fullmatch(text) or len(text) % 4 == 1:
+        raise MalformedToken("invalid base64url")
+    try:
+        return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+    except (binascii.Error, ValueError) as exc:  # pragma: no cover - regex already screens
+        raise MalformedToken("invalid base64url") from exc
+
+
+def _json_dumps(obj: Any) -> bytes:
+    return json.dumps(obj, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+
+
+# --- keys -------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PublicKey:
+    """A verification key: the JWK members that matter plus the loaded ``cryptography`` object."""
+
+    kid: str
+    alg: str
+    key: ec.EllipticCurvePublicKey | ed25519.Ed25519PublicKey = field(repr=False)
+
+    @classmethod
+    def from_jwk(cls, jwk: Mapping[str, Any]) -> PublicKey:
+        """Load a public JWK. ``alg`` is required (the key pins its algorithm)."""
+        if not isinstance(jwk, Mapping):
+            raise JWSError("JWK must be an object")
+        kid, alg, kty = jwk.get("kid"), jwk.get("alg"), jwk.get("kty")
+        if not isinstance(kid, str) or not kid or len(kid) > _MAX_KID_LENGTH:
+            raise JWSError("JWK needs a kid")
+        if "d" in jwk:
+            raise JWSError("refusing a JWK that contains private key material")
+        try:
+            if alg == "ES256" and kty == "EC" and jwk.get("crv") == "P-256":
+                x, y = b64url_decode(jwk["x"]), b64url_decode(jwk["y"])
+                if len(x) != 32 or len(y) != 32:
+                    raise JWSError("bad P-256 coordinates")
+                pub = ec.EllipticCurvePublicNumbers(
+                    int.from_bytes(x, "big"), int.from_bytes(y, "big"), ec.SECP256R1()
+                ).public_key()
+                return cls(kid, alg, pub)
+            if alg == "EdDSA" and kty == "OKP" and jwk.get("crv") == "Ed25519":
+                return cls(kid, alg, ed25519.Ed25519PublicKey.from_public_bytes(b64url_decode(jwk["x"])))
+        except (KeyError, TypeError, ValueError) as exc:
+            raise JWSError(f"invalid {alg} JWK: {exc}") from exc
+        raise JWSError(f"unsupported JWK (alg={alg!r}, kty={kty!r}); supported: ES256/P-256, EdDSA/Ed25519")
+
+    def to_jwk(self) -> dict[str, str]:
+        jwk = public_jwk_members(self.key)
+        jwk.update(kid=self.kid, alg=self.alg, use="sig")
+        return jwk
+
+    def verify(self, signature: bytes, signing_input: bytes) -> None:
+        try:
+            if self.alg == "ES256":
+                if len(signature) != _ES256_SIG_LEN:
+                    raise BadSignature("signature verification failed")
+                r = int.from_bytes(signature[:32], "big")
+                s = int.from_bytes(signature[32:], "big")
+                self.key.verify(encode_dss_signature(r, s), signing_input, ec.ECDSA(hashes.SHA256()))  # type: ignore[call-arg,union-attr]
+            else:
+                if len(signature) != _ED25519_SIG_LEN:
+                    raise BadSignature("signature verification failed")
+                self.key.verify(signature, signing_input)  # type: ignore[call-arg]
+        except InvalidSignature as exc:
+            raise BadSignature("signature verification failed") from exc
+
+
+def public_jwk_members(key: ec.EllipticCurvePublicKey | ed25519.Ed25519PublicKey) -> dict[str, str]:
+    """The required JWK members of a public key (RFC 7518 §6.2.1, RFC 8037 §2), no extras."""
+    if isinstance(key, ec.EllipticCurvePublicKey):
+        nums = key.public_numbers()
+        return {
+            "kty": "EC",
+            "crv": "P-256",
+            "x": b64url_encode(nums.x.to_bytes(32, "big")),
+            "y": b64url_encode(nums.y.to_bytes(32, "big")),
+        }
+    raw = key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+    return {"kty": "OKP", "crv": "Ed25519", "x": b64url_encode(raw)}
+
+
+def jwk_thumbprint(members: Mapping[str, str]) -> str:
+    """RFC 7638 JWK thumbprint (SHA-256, base64url) of the required public members."""
+    required = {"EC": ("crv", "kty", "x", "y"), "OKP": ("crv", "kty", "x")}[members["kty"]]
+    canonical = json.dumps({k: members[k] for k in required}, separators=(",", ":"), sort_keys=True)
+    return b64url_encode(hashlib.sha256(canonical.encode("ascii")).digest())
+
+
+@dataclass(frozen=True)
+class PrivateKey:
+    """A signing key. Its ``kid`` is the RFC 7638 thumbprint of its public half."""
+
+    kid: str
+    alg: str
+    key: ec.EllipticCurvePrivateKey | ed25519.Ed25519PrivateKey = field(repr=False)
+
+    @classmethod
+    def generate(cls, alg: str = "ES256") -> PrivateKey:
+        if alg == "ES256":
+            key: Any = ec.generate_private_key(ec.SECP256R1())
+        elif alg == "EdDSA":
+            key = ed25519.Ed25519PrivateKey.generate()
+        else:
+            raise JWSError(f"unsupported algorithm {alg!r}; supported: {', '.join(SUPPORTED_ALGS)}")
+        return cls(jwk_thumbprint(public_jwk_members(key.public_key())), alg, key)
+
+    @classmethod
+    def from_pkcs8(cls, der: bytes, alg: str) -> PrivateKey:
+        key: Any = serialization.load_der_private_key(der, password=None)
+        if not isinstance(key, (ec.EllipticCurvePrivateKey, ed25519.Ed25519PrivateKey)):
+            raise JWSError("unsupported private key type")
+        return cls(jwk_thumbprint(public_jwk_members(key.public_key())), alg, key)
+
+    def to_pkcs8(self) -> bytes:
+        """Unencrypted PKCS#8 DER — only ever handed to the keystore, which encrypts it."""
+        return self.key.private_bytes(
+            serialization.Encoding.DER, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
+
+    @property
+    def public(self) -> PublicKey:
+        return PublicKey(self.kid, self.alg, self.key.public_key())
+
+    def sign(self, claims: Mapping[str, Any], typ: str = ACCESS_TOKEN_TYP) -> str:
+        header = {"alg": self.alg, "kid": self.kid, "typ": typ}
+        signing_input = (
+            b64url_encode(_json_dumps(header)) + "." + b64url_encode(_json_dumps(claims))
+        ).encode("ascii")
+        if self.alg == "ES256":
+            r, s = decode_dss_signature(self.key.sign(signing_input, ec.ECDSA(hashes.SHA256())))  # type: ignore[call-arg,union-attr]
+            signature = r.to_bytes(32, "big") + s.to_bytes(32, "big")
+        else:
+            signature = self.key.sign(signing_input)  # type: ignore[call-arg]
+        return signing_input.decode("ascii") + "." + b64url_encode(signature)
+
+
+# --- verification ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Verified:
+    header: dict[str, Any]
+    claims: dict[str, Any]
+    key: PublicKey
+
+
+def split(token: str) -> tuple[dict[str, Any], bytes, bytes, bytes]:
+    """Parse a compact JWS into (header, payload bytes, signature, signing input) with strict checks."""
+    if not isinstance(token, str) or len(token) > MAX_TOKEN_LENGTH:
+        raise MalformedToken("token too long" if isinstance(token, str) else "token must be a string")
+    parts = token.split(".")
+    if len(parts) != 3:
+        raise MalformedToken("not a compact JWS (expected three dot-separated parts)")
+    h64, p64, s64 = parts
+    try:
+        header = json.loads(b64url_decode(h64))
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise MalformedToken("token header is not JSON") from exc
+    if not isinstance(header, dict):
+        raise MalformedToken("token header is not a JSON object")
+    return header, b64url_decode(p64), b64url_decode(s64), f"{h64}.{p64}".encode("ascii")
+
+
+def check_header(header: Mapping[str, Any], *, typ: str | None = ACCESS_TOKEN_TYP) -> str:
+    """Refuse hostile or unexpected header members; return the ``kid``."""
+    forbidden = _FORBIDDEN_HEADER.intersection(header)
+    if forbidden:
+        raise UnsupportedHeader(f"unsupported token header member(s): {', '.join(sorted(forbidden))}")
+    alg = header.get("alg")
+    if alg not in SUPPORTED_ALGS:
+        raise UnsupportedHeader(f"unsupported alg {str(alg)[:32]!r}")
+    kid = header.get("kid")
+    if not isinstance(kid, str) or not kid or len(kid) > _MAX_KID_LENGTH:
+        raise UnsupportedHeader("token header needs a kid of at most 128 characters")
+    if typ is not None and not _typ_matches(header.get("typ"), typ):
+        raise UnsupportedHeader(f"token typ must be {typ!r}")
+    return kid
+
+
+def _typ_matches(value: Any, expected: str) -> bool:
+    # RFC 9068 §4: "at+jwt", and the media type form "application/at+jwt", case-insensitively.
+    if not isinstance(value, str):
+        return False
+    value = value.lower()
+    return value == expected or value == "application/" + expected
+
+
+def verify(
+    token: str, keys: Mapping[str, PublicKey], *, typ: str | None = ACCESS_TOKEN_TYP
+) -> Verified:
+    """Verify signature and header of ``token`` against ``keys`` (by kid). Claims are NOT checked."""
+    header, payload, signature, signing_input = split(token)
+    kid = check_header(header, typ=typ)
+    key = keys.get(kid)
+    if key is None:
+        raise UnknownKey("unknown signing key")
+    if header["alg"] != key.alg:
+        raise UnsupportedHeader("token alg does not match the key's algorithm")
+    key.verify(signature, signing_input)
+    try:
+        claims = json.loads(payload)
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise MalformedToken("token payload is not JSON") from exc
+    if not isinstance(claims, dict):
+        raise MalformedToken("token payload is not a JSON object")
+    return Verified(header, claims, key)
