@@ -20,7 +20,7 @@ from fastapi.responses import Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.middleware.cors import CORSMiddleware
 
-from . import __version__, logs
+from . import __version__, clock, logs
 from .config import Settings
 from .oauth2 import introspection, metadata, revocation, token_endpoint
 from .oauth2.errors import InvalidRequest, OAuthError, OAuthResponse, ServerBusy
@@ -29,6 +29,9 @@ from .provider import Provider
 
 log = logging.getLogger("cbst.idp")
 MAINTENANCE_INTERVAL = 30.0
+#: How long a resource server may cache the revocation list: part of the bound on how fast a
+#: revocation takes effect at SDK-protected servers (see docs/tokens.md).
+REVOCATION_LIST_MAX_AGE = 10
 
 
 def _json(status: int, body: Any, headers: dict[str, str] | None = None) -> Response:
@@ -102,6 +105,13 @@ def create_app(settings: Settings | None = None, provider: Provider | None = Non
         if request.headers.get("if-none-match") == etag:
             return Response(status_code=304, headers=headers)
         return Response(body, 200, headers, media_type="application/jwk-set+json")
+
+    @app.get("/revoked", tags=["discovery"])
+    async def revoked() -> Response:
+        """Revoked, unexpired jtis (a jti grants nothing by itself, so the list is public)."""
+        now = clock.now()
+        body = {"issuer": settings.issuer, "generated_at": now, "revoked": prov().revocations.active(now)}
+        return _json(200, body, {"Cache-Control": f"public, max-age={REVOCATION_LIST_MAX_AGE}"})
 
     async def oauth_post(request: Request, handler: Any) -> Response:
         try:

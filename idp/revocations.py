@@ -29,6 +29,15 @@ class RevocationList:
         with self._engine.connect() as conn:
             return conn.execute(select(_revoked.c.jti).where(_revoked.c.jti == jti)).first() is not None
 
+    def active(self, now: int | None = None) -> list[dict[str, int | str]]:
+        """Revocations of tokens that have not expired yet: what a resource server must refuse."""
+        now = clock.now() if now is None else now
+        with self._engine.connect() as conn:
+            rows = conn.execute(
+                select(_revoked.c.jti, _revoked.c.expires_at).where(_revoked.c.expires_at >= now).order_by(_revoked.c.expires_at)
+            ).all()
+        return [{"jti": r.jti, "exp": r.expires_at} for r in rows]
+
     def prune(self) -> int:
         """Forget revocations of tokens that have expired (they are refused for expiry anyway)."""
         cutoff = clock.now() - 3600

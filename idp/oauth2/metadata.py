@@ -35,6 +35,8 @@ def authorization_server_metadata(settings: Settings) -> dict[str, Any]:
         "revocation_endpoint_auth_signing_alg_values_supported": ASSERTION_ALGS,
         "access_token_signing_alg_values_supported": list(SUPPORTED_ALGS),
         "resource_indicators_supported": True,
+        # CBST extension: revoked, unexpired token ids, for resource servers that verify offline.
+        "cbst_revocation_list_uri": f"{issuer}/revoked",
     }
 
 
