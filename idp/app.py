@@ -42,21 +42,73 @@ def _oauth(resp: OAuthResponse) -> Response:
     return Response(resp.encode(), resp.status, resp.headers, media_type="application/json")
 
 
-async def read_body(request: Request, limit: int) -> bytes:
-    """The request body, refused with 413 past ``limit`` bytes (checked before and while reading)."""
-    declared = request.headers.get("content-length")
-    if declared is not None and (not declared.isdigit() or int(declared) > limit):
-        raise InvalidRequest(f"request body larger than {limit} bytes", status=413)
-    chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
+class OAuthEndpoints:
+    """``POST /token``, ``/introspect`` and ``/revoke`` as bare ASGI, in front of the FastAPI app.
+
+    Why not FastAPI routes: its routing, dependency and middleware layers cost ~165 µs per request
+    (shared/notes/baselines.md), more than signing a token; these endpoints parse their own form
+    bodies anyway. Everything else (metadata, JWKS, CORS preflight, 404s) falls through to FastAPI.
+    """
+
+    HANDLERS: dict[str, Any] = {
+        "/token": token_endpoint.token,
+        "/introspect": introspection.introspect,
+        "/revoke": revocation.revoke,
+    }
+
+    def __init__(self, app: Any, provider: Any, max_body: int) -> None:
+        self.app = app
+        self._provider = provider
+        self._max_body = max_body
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        handler = self.HANDLERS.get(scope.get("path", "")) if scope["type"] == "http" else None
+        if handler is None or scope["method"] != "POST":
+            await self.app(scope, receive, send)
+            return
+        headers = {k.lower(): v for k, v in scope["headers"]}
+        try:
+            body = await self._read_body(headers.get(b"content-length"), receive)
+            ctype = headers.get(b"content-type")
+            form = parse_form(ctype.decode("latin-1") if ctype else None, body)
+            auth = headers.get(b"authorization")
+            result = handler(self._provider(), form, auth.decode("latin-1") if auth is not None else None)
+            if asyncio.iscoroutine(result):
+                result = await result
+        except OAuthError as exc:
+            result = exc.response()
+        except Exception:  # noqa: BLE001 - a database outage must not leak a traceback
+            log.exception("request failed", extra={"fields": {"path": scope.get("path")}})
+            result = ServerBusy("the server cannot complete the request now; retry later").response()
+        out = [(b"content-type", b"application/json")]
+        out.extend((k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in result.headers.items())
+        if b"origin" in headers:  # CORS for browser-based clients; no credentials are involved
+            out.append((b"access-control-allow-origin", b"*"))
+        payload = result.encode()
+        out.append((b"content-length", str(len(payload)).encode()))
+        await send({"type": "http.response.start", "status": result.status, "headers": out})
+        await send({"type": "http.response.body", "body": payload})
+
+    async def _read_body(self, declared: bytes | None, receive: Any) -> bytes:
+        """The body, refused with 413 past the limit (checked before and while reading)."""
+        limit = self._max_body
+        if declared is not None and (not declared.isdigit() or int(declared) > limit):
             raise InvalidRequest(f"request body larger than {limit} bytes", status=413)
-        chunks.append(chunk)
-    return b"".join(chunks)
+        chunks, size, more = [], 0, True
+        while more:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                raise InvalidRequest("client disconnected")
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > limit:
+                raise InvalidRequest(f"request body larger than {limit} bytes", status=413)
+            chunks.append(chunk)
+            more = message.get("more_body", False)
+        return b"".join(chunks)
 
 
-def create_app(settings: Settings | None = None, provider: Provider | None = None, *, maintenance: bool = True) -> FastAPI:
+def create_app(settings: Settings | None = None, provider: Provider | None = None, *, maintenance: bool = True) -> Any:
     settings = settings or (provider.settings if provider else Settings())
     state: dict[str, Provider] = {}
 
@@ -113,31 +165,6 @@ def create_app(settings: Settings | None = None, provider: Provider | None = Non
         body = {"issuer": settings.issuer, "generated_at": now, "revoked": prov().revocations.active(now)}
         return _json(200, body, {"Cache-Control": f"public, max-age={REVOCATION_LIST_MAX_AGE}"})
 
-    async def oauth_post(request: Request, handler: Any) -> Response:
-        try:
-            form = parse_form(request.headers.get("content-type"), await read_body(request, settings.max_body_bytes))
-            result = handler(prov(), form, request.headers.get("authorization"))
-            if asyncio.iscoroutine(result):
-                result = await result
-            return _oauth(result)
-        except OAuthError as exc:
-            return _oauth(exc.response())
-        except Exception:  # noqa: BLE001 - a database outage must not leak a traceback
-            log.exception("request failed", extra={"fields": {"path": request.url.path}})
-            return _oauth(ServerBusy("the server cannot complete the request now; retry later").response())
-
-    @app.post("/token", tags=["oauth"])
-    async def token(request: Request) -> Response:
-        return await oauth_post(request, token_endpoint.token)
-
-    @app.post("/introspect", tags=["oauth"])
-    async def introspect(request: Request) -> Response:
-        return await oauth_post(request, introspection.introspect)
-
-    @app.post("/revoke", tags=["oauth"])
-    async def revoke(request: Request) -> Response:
-        return await oauth_post(request, revocation.revoke)
-
     @app.get("/healthz", tags=["ops"])
     async def healthz() -> Response:
         return _json(200, {"status": "ok", "version": __version__})
@@ -156,7 +183,7 @@ def create_app(settings: Settings | None = None, provider: Provider | None = Non
         log.exception("unexpected error", extra={"fields": {"path": request.url.path}})
         return _json(500, {"error": "server_error", "error_description": "internal error"})
 
-    return app
+    return OAuthEndpoints(app, prov, settings.max_body_bytes)
 
 
 def _lazy(state: dict[str, Provider], settings: Settings, provider: Provider | None) -> Provider:
@@ -177,7 +204,7 @@ async def _maintenance_loop(provider: Provider) -> None:
             log.exception("maintenance failed")
 
 
-def app_from_env() -> FastAPI:
+def app_from_env() -> Any:
     """Uvicorn factory for ``idp serve`` (each worker builds its app from the environment)."""
     settings = Settings()
     logs.configure(settings.log_level, settings.log_json)

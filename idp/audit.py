@@ -23,6 +23,7 @@ from sqlalchemy import Connection, Engine, delete, insert, select
 
 from . import clock
 from .models import AuditEvent
+from .sql import Prepared
 
 log = logging.getLogger("cbst.audit")
 _table = AuditEvent.__table__  # type: ignore[attr-defined]
@@ -88,7 +89,7 @@ class GroupCommitter:
     """Batches records from concurrent requests into one transaction per event-loop turn."""
 
     def __init__(self, engine: Engine) -> None:
-        self._engine = engine
+        self._insert = Prepared(engine, insert(_table), column_keys=["ts", "event", "actor", "client_id", "jti", "data"])
         self._pending: list[dict[str, Any]] = []
         self._done: asyncio.Future[None] | None = None
 
@@ -105,8 +106,7 @@ class GroupCommitter:
         self._pending, self._done = [], None
         assert done is not None
         try:
-            with self._engine.begin() as conn:
-                conn.execute(insert(_table), rows)
+            self._insert.execute_many(rows)
         except Exception as exc:  # noqa: BLE001 - every waiter learns the batch failed
             done.set_exception(exc)
             done.exception()  # mark retrieved: waiters that were cancelled must not warn

@@ -19,13 +19,14 @@ from types import SimpleNamespace
 from typing import Any
 from urllib.parse import urlsplit
 
-from sqlalchemy import Engine, delete, insert, or_, select, update
+from sqlalchemy import Engine, bindparam, delete, insert, or_, select, update
 from sqlalchemy.exc import IntegrityError
 
 from sdk.capabilities import CapabilityError, CapabilitySet
 
 from . import audit, clock
 from .models import Client
+from .sql import Prepared
 
 _clients = Client.__table__  # type: ignore[attr-defined]
 
@@ -117,6 +118,7 @@ class ClientRegistry:
 
     def __init__(self, engine: Engine) -> None:
         self._engine = engine
+        self._by_id = Prepared(engine, select(_clients).where(_clients.c.client_id == bindparam("client_id")))
 
     @staticmethod
     def _record(row: Any) -> ClientRecord:
@@ -197,9 +199,8 @@ class ClientRegistry:
         """Look up by client_id (the token endpoint's hot path)."""
         if not isinstance(client_id, str) or not client_id or len(client_id) > 64:
             return None
-        with self._engine.connect() as conn:
-            row = conn.execute(select(_clients).where(_clients.c.client_id == client_id)).first()
-        return self._record(row) if row else None
+        row = self._by_id.first(client_id=client_id)
+        return self._record(SimpleNamespace(**row)) if row else None
 
     def find(self, id_or_name: str) -> ClientRecord | None:
         with self._engine.connect() as conn:

@@ -8,6 +8,7 @@ committed; the response waits for that commit.
 
 from __future__ import annotations
 
+from functools import lru_cache
 from urllib.parse import urlsplit
 
 from sdk.capabilities import CapabilityError, CapabilitySet
@@ -23,11 +24,15 @@ from .forms import Form
 GRANT_TYPES = ("client_credentials",)
 
 
+# Parsing compiles each pattern; the same scopes are requested over and over.
+_parse_scope = lru_cache(maxsize=4096)(CapabilitySet.parse)
+
+
 def select_scope(client: ClientRecord, requested: str | None) -> CapabilitySet:
     if requested is None:
         return client.capabilities
     try:
-        wanted = CapabilitySet.parse(requested)
+        wanted = _parse_scope(requested)
     except CapabilityError as exc:
         raise InvalidScope(str(exc)) from None
     if not len(wanted):
