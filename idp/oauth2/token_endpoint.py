@@ -55,7 +55,7 @@ def select_audience(client: ClientRecord, resources: list[str]) -> str:
     resource = resources[0]
     parts = urlsplit(resource)
     if not parts.scheme or parts.fragment or len(resource) > 512:
-        raise InvalidRequest("resource must be an absolute URI without fragment (RFC 8707 §2)")
+        raise InvalidTarget("resource must be an absolute URI without fragment (RFC 8707 §2)")
     if resource not in client.audiences:
         raise InvalidTarget("resource is not a registered audience of this client")
     return resource
