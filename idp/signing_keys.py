@@ -144,6 +144,9 @@ class KeyRing:
     # --- changing -----------------------------------------------------------------------------
 
     def create(self, *, now: int, activate_at: int, actor: str, reason: str, tx: audit.Transaction | None = None) -> KeyInfo:
+        # Only a keystore that opens the existing keys may seal a new one: a process with the wrong
+        # KEK/passphrase would otherwise add a key no correctly configured process can decrypt.
+        self.refresh(force=True)
         key = PrivateKey.generate(self._settings.signing_alg)
         public_jwk = key.public.to_jwk()
         row = {
