@@ -53,6 +53,9 @@ def provider(as_json: bool = False, *, initial_key: bool = False) -> Iterator[An
     settings = load_settings(as_json)
     try:
         prov = Provider.open(settings, initial_key=initial_key)
+        if initial_key:
+            # Commands that use the signing keys (serve, keys ...) check the KEK/passphrase opens them.
+            prov.keys.refresh(force=True)
     except (DatabaseError, KeystoreError) as exc:
         fail(str(exc), as_json=as_json)
     except SQLAlchemyError as exc:
@@ -60,6 +63,8 @@ def provider(as_json: bool = False, *, initial_key: bool = False) -> Iterator[An
              f"{str(exc.orig if hasattr(exc, 'orig') else exc).splitlines()[0]}", as_json=as_json)
     try:
         yield prov
+    except KeystoreError as exc:
+        fail(str(exc), as_json=as_json)
     finally:
         prov.close()
 
