@@ -1,0 +1,38 @@
+"""Server side of the CBST SDK: protect an MCP streamable-HTTP app with capability tokens.
+
+    from sdk.server import CBSTMiddleware, ProtectionConfig
+
+    config = ProtectionConfig(issuer="https://idp.example", resource="https://mcp.example/mcp")
+    app = CBSTMiddleware(mcp_app, config)          # or: app = protect(mcp_app, issuer=..., resource=...)
+
+See docs/sdk-server.md. The pieces are separate objects, each usable and testable alone:
+:class:`TokenVerifier` (offline verification + cache + revocation), :class:`IssuerClient`
+(metadata, JWKS, revocation list), :class:`ToolRateLimiter`, the audit sink.
+"""
+
+from ..access_token import AccessToken, InvalidToken
+from .audit import AuditEvent, AuditSink, LoggerSink
+from .config import ProtectionConfig
+from .issuer import IssuerClient, IssuerUnavailable
+from .metadata import bearer_challenge, protected_resource_metadata
+from .middleware import ACCESS_TOKEN_SCOPE_KEY, CBSTMiddleware, protect
+from .ratelimit import ToolRateLimiter
+from .verifier import TokenVerifier
+
+__all__ = [
+    "ACCESS_TOKEN_SCOPE_KEY",
+    "AccessToken",
+    "AuditEvent",
+    "AuditSink",
+    "CBSTMiddleware",
+    "InvalidToken",
+    "IssuerClient",
+    "IssuerUnavailable",
+    "LoggerSink",
+    "ProtectionConfig",
+    "TokenVerifier",
+    "ToolRateLimiter",
+    "bearer_challenge",
+    "protect",
+    "protected_resource_metadata",
+]

@@ -1,0 +1,332 @@
+"""JSON-RPC messages of the MCP streamable-HTTP transport, as the middleware judges them.
+
+* :func:`parse_messages` — strict JSON-RPC 2.0 shape checks on a POST body (one message or a
+  batch), raising :class:`RPCRefusal` (an HTTP status plus a JSON-RPC error) on anything else.
+* :func:`check_routing_headers` — the 2026-07-28 generation mirrors the body in
+  ``Mcp-Method``/``Mcp-Name``/``MCP-Protocol-Version`` headers; a header that disagrees with
+  the body is refused (HTTP 400, ``HEADER_MISMATCH``). Decisions are always taken on the body,
+  never on the headers (notes/mcp-protocol.md).
+* :func:`required_capability` — what a message needs (design.md § Capability grammar).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from ..capabilities import URI_METHODS, CapabilityError, CapabilitySet
+
+__all__ = [
+    "LIST_FILTERS",
+    "Message",
+    "RPCRefusal",
+    "check_routing_headers",
+    "parse_messages",
+    "required_capability",
+]
+
+# JSON-RPC 2.0 and MCP error codes.
+PARSE_ERROR = -32700
+INVALID_REQUEST = -32600
+INVALID_PARAMS = -32602
+HEADER_MISMATCH = -32020  # MCP 2026-07-28
+#: CBST: implementation-defined codes (-32000..-32019 band; -32000/-32001 are SDK-internal,
+#: -32002 is retired). One code per kind of refusal so clients can tell them apart.
+UNAUTHORIZED = -32005
+FORBIDDEN = -32003
+RATE_LIMITED = -32004
+UNAVAILABLE = -32006
+
+HANDSHAKE_VERSIONS = frozenset({"2024-11-05", "2025-03-26", "2025-06-18", "2025-11-25"})
+PROTOCOL_VERSION_META_KEY = "io.modelcontextprotocol/protocolVersion"
+#: Methods that need only a valid token.
+OPEN_METHODS = frozenset({"initialize", "ping", "server/discover"})
+#: Body field mirrored in ``Mcp-Name`` (mcp.shared.inbound.NAME_BEARING_METHODS), and the
+#: target of the capability check.
+NAME_FIELDS = {
+    "tools/call": "name",
+    "prompts/get": "name",
+    "resources/read": "uri",
+    "resources/subscribe": "uri",
+    "resources/unsubscribe": "uri",
+}
+_MIRRORED_NAME = frozenset({"tools/call", "prompts/get", "resources/read"})
+#: list method -> (result member, item key, call method the items are filtered by)
+LIST_FILTERS: dict[str, tuple[str, str, str]] = {
+    "tools/list": ("tools", "name", "tools/call"),
+    "prompts/list": ("prompts", "name", "prompts/get"),
+    "resources/list": ("resources", "uri", "resources/read"),
+    "resources/templates/list": ("resourceTemplates", "uriTemplate", "resources/read"),
+}
+_B64_SENTINEL = re.compile(r"=\?base64\?(.*)\?=", re.DOTALL)
+
+
+class RPCRefusal(Exception):
+    """A refusal before the app sees the request: HTTP ``status`` and a JSON-RPC error."""
+
+    def __init__(self, status: int, code: int, message: str, *, reason: str, request_id: Any = None,
+                 headers: Mapping[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+        self.reason = reason
+        self.request_id = request_id
+        self.headers = dict(headers or {})
+
+    def body(self) -> bytes:
+        return error_body(self.request_id, self.code, self.message)
+
+
+def error_body(request_id: Any, code: int, message: str) -> bytes:
+    return json.dumps({"jsonrpc": "2.0", "id": request_id, "error": {"code": code, "message": message}},
+                      separators=(",", ":")).encode()
+
+
+@dataclass(slots=True)
+class Message:
+    kind: str  #: "request", "notification" or "response"
+    id: Any
+    method: str | None
+    params: Mapping[str, Any] | None
+    target: str | None = None  #: tool/prompt name or resource URI, from the body
+
+    @property
+    def protocol_version(self) -> str | None:
+        meta = self.params.get("_meta") if self.params else None
+        if isinstance(meta, Mapping):
+            value = meta.get(PROTOCOL_VERSION_META_KEY)
+            return value if isinstance(value, str) else None
+        return None
+
+
+def _valid_id(value: Any) -> bool:
+    return (isinstance(value, str) and len(value) <= 256) or (
+        isinstance(value, int) and not isinstance(value, bool)
+    )
+
+
+def _one(obj: Any) -> Message:
+    if not isinstance(obj, dict) or obj.get("jsonrpc") != "2.0":
+        raise RPCRefusal(400, INVALID_REQUEST, "not a JSON-RPC 2.0 message", reason="malformed")
+    has_id = "id" in obj
+    rid = obj.get("id")
+    if has_id and not _valid_id(rid):
+        raise RPCRefusal(400, INVALID_REQUEST, "JSON-RPC id must be a string or an integer",
+                         reason="malformed")
+    method = obj.get("method")
+    if method is None:
+        if not has_id or ("result" in obj) == ("error" in obj):
+            raise RPCRefusal(400, INVALID_REQUEST, "a message needs a method, or an id with a result "
+                             "or an error", reason="malformed", request_id=rid if has_id else None)
+        return Message("response", rid, None, None)
+    if not isinstance(method, str) or not method or len(method) > 256:
+        raise RPCRefusal(400, INVALID_REQUEST, "method must be a non-empty string",
+                         reason="malformed", request_id=rid)
+    params = obj.get("params")
+    if params is not None and not isinstance(params, dict):
+        raise RPCRefusal(400, INVALID_REQUEST, "params must be an object", reason="malformed",
+                         request_id=rid)
+    msg = Message("request" if has_id else "notification", rid, method, params)
+    field = NAME_FIELDS.get(method)
+    if field is not None:
+        target = params.get(field) if params else None
+        if not isinstance(target, str) or not target:
+            raise RPCRefusal(400, INVALID_PARAMS, f"{method} needs params.{field} (a string)",
+                             reason="malformed", request_id=rid)
+        msg.target = target
+    return msg
+
+
+def parse_messages(body: bytes, *, max_batch: int) -> tuple[list[Message], bool]:
+    """Parse a POST body: (messages, is_batch). Raises :class:`RPCRefusal`."""
+    try:
+        data = json.loads(body)
+    except (UnicodeDecodeError, ValueError, RecursionError):
+        raise RPCRefusal(400, PARSE_ERROR, "request body is not valid JSON", reason="malformed") from None
+    if isinstance(data, list):
+        if not data:
+            raise RPCRefusal(400, INVALID_REQUEST, "empty JSON-RPC batch", reason="malformed")
+        if len(data) > max_batch:
+            raise RPCRefusal(400, INVALID_REQUEST, f"JSON-RPC batch larger than {max_batch} messages",
+                             reason="malformed")
+        messages = [_one(item) for item in data]
+        ids = [m.id for m in messages if m.kind == "request"]
+        if len(ids) != len({json.dumps(i) for i in ids}):
+            raise RPCRefusal(400, INVALID_REQUEST, "duplicate request ids in a batch", reason="malformed")
+        return messages, True
+    return [_one(data)], False
+
+
+def decode_header_value(value: str) -> str | None:
+    """Inverse of the SDK's ``=?base64?…?=`` header encoding; None if malformed."""
+    m = _B64_SENTINEL.fullmatch(value)
+    if m is None:
+        return value
+    try:
+        raw = base64.b64decode(m.group(1), validate=True)
+    except (binascii.Error, ValueError):
+        return None
+    if base64.b64encode(raw).decode("ascii") != m.group(1):
+        return None
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return None
+
+
+def _mismatch(text: str, rid: Any = None) -> RPCRefusal:
+    return RPCRefusal(400, HEADER_MISMATCH, text, reason="header_mismatch", request_id=rid)
+
+
+def check_routing_headers(raw_headers: Sequence[tuple[bytes, bytes]], messages: list[Message],
+                          is_batch: bool) -> str | None:
+    """Compare the mirrored routing headers with the body; return the modern protocol version
+    (or None for the handshake generation). Raises :class:`RPCRefusal` on any disagreement.
+
+    A request is treated as modern when its ``MCP-Protocol-Version`` header names a version the
+    handshake generation does not have (that is how the official server routes it) or when its
+    body carries the per-request ``_meta`` protocol version. Present headers are compared in
+    every generation; in the modern one ``Mcp-Method`` (and ``Mcp-Name`` where the body names
+    something) is required.
+    """
+    version = method_h = name_h = None
+    seen: set[bytes] = set()
+    for key, value in raw_headers:
+        if key in (b"mcp-protocol-version", b"mcp-method", b"mcp-name"):
+            if key in seen:
+                raise _mismatch(f"duplicate {key.decode()} header")
+            seen.add(key)
+            text = value.decode("latin-1")
+            if key == b"mcp-protocol-version":
+                version = text
+            elif key == b"mcp-method":
+                method_h = text
+            else:
+                name_h = text
+    body_versions = {m.protocol_version for m in messages if m.protocol_version is not None}
+    modern = (version is not None and version not in HANDSHAKE_VERSIONS) or bool(body_versions)
+    if is_batch:
+        if modern or method_h is not None or name_h is not None:
+            raise _mismatch("JSON-RPC batches are not part of the 2026-07-28 protocol, and routing "
+                            "headers cannot describe a batch")
+        return None
+    msg = messages[0]
+    if body_versions and version is not None and version not in body_versions:
+        raise _mismatch("MCP-Protocol-Version header does not match the request envelope's protocol "
+                        "version", msg.id)
+    if method_h is None:
+        if modern and msg.kind != "response":
+            raise _mismatch("Mcp-Method header is required in the 2026-07-28 protocol", msg.id)
+    elif method_h != msg.method:
+        raise _mismatch("Mcp-Method header does not match the request body's method", msg.id)
+    if msg.method in _MIRRORED_NAME and (name_h is not None or modern):
+        if name_h is None:
+            raise _mismatch("Mcp-Name header is required for this method in the 2026-07-28 protocol",
+                            msg.id)
+        if decode_header_value(name_h) != msg.target:
+            raise _mismatch("Mcp-Name header does not match the request body", msg.id)
+    elif name_h is not None and msg.method not in _MIRRORED_NAME:
+        raise _mismatch("Mcp-Name header on a method that names nothing", msg.id)
+    if not modern:
+        return None
+    if version is not None and version not in HANDSHAKE_VERSIONS:
+        return version
+    return next(iter(body_versions), None) or version
+
+
+@dataclass(slots=True, frozen=True)
+class Requirement:
+    """What a message needs: nothing but a valid token (``open``), a list capability (filtered
+    result), or one capability (``scope`` names it for the challenge)."""
+
+    open: bool = False
+    list_method: str | None = None
+    scope: str | None = None
+
+
+_OPEN = Requirement(open=True)
+
+
+def required_capability(msg: Message) -> Requirement:
+    if msg.kind == "response":  # the client answering a server request (sampling, elicitation...)
+        return _OPEN
+    method = msg.method
+    assert method is not None
+    if method in OPEN_METHODS or (msg.kind == "notification" and method.startswith("notifications/")):
+        return _OPEN
+    if method in LIST_FILTERS:
+        return Requirement(list_method=method, scope=_list_scope(method))
+    try:
+        scope = CapabilitySet.required_for(method, msg.target)
+    except CapabilityError:
+        scope = None  # cannot be written as a capability: nothing can allow it
+    return Requirement(scope=scope)
+
+
+def _list_scope(method: str) -> str:
+    # A list method is allowed by any capability of its family; the challenge names the
+    # broadest one so a client knows what family to ask for.
+    call = LIST_FILTERS[method][2]
+    return f"{call}:**"
+
+
+def allows(scope: CapabilitySet, msg: Message, req: Requirement) -> bool:
+    if req.open:
+        return True
+    if req.list_method is not None:
+        return scope.allows_list(req.list_method)
+    assert msg.method is not None
+    return scope.allows(msg.method, msg.target)
+
+
+# --- list filtering ---------------------------------------------------------------------------
+
+
+def _template_prefix(template: str) -> str:
+    return template.split("{", 1)[0]
+
+
+def _template_allowed(scope: CapabilitySet, template: str) -> bool:
+    """Whether a resource template may expand to a URI the token can read.
+
+    Over-approximation: the template's literal prefix (before the first ``{``) and some
+    capability's literal prefix (before its first ``*``) overlap. Listing a template reveals
+    only the template; every read is still checked on its own URI.
+    """
+    from ..capabilities import normalize_uri
+
+    prefix = _template_prefix(template)
+    normal = normalize_uri(prefix) if prefix else ""
+    if normal is None:
+        return False
+    for cap in scope:
+        if cap.method not in URI_METHODS or cap.pattern is None:
+            continue
+        cprefix = cap.pattern.split("*", 1)[0]
+        if normal.startswith(cprefix) or cprefix.startswith(normal):
+            return True
+    return False
+
+
+def filter_result(scope: CapabilitySet, list_method: str, result: Any) -> Any:
+    """Keep only the list items ``scope`` allows (in place on a copy of ``result``)."""
+    spec = LIST_FILTERS.get(list_method)
+    if spec is None or not isinstance(result, dict):
+        return result
+    member, key, call = spec
+    items = result.get(member)
+    if not isinstance(items, list):
+        return result
+    out = dict(result)
+    dicts = [i for i in items if isinstance(i, dict) and isinstance(i.get(key), str)]
+    if member == "resourceTemplates":
+        out[member] = [i for i in dicts if _template_allowed(scope, i[key])]
+    else:
+        out[member] = scope.filter(call, dicts, key=lambda i: i[key])
+    return out
