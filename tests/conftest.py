@@ -3,39 +3,39 @@
 PostgreSQL: ``IDP_TEST_POSTGRES_URL`` (default ``postgresql://root@127.0.0.1:5432/test``); each test
 gets a database of its own, created from that server and dropped afterwards. If the server is
 unreachable the PostgreSQL half fails loudly — set ``IDP_TEST_SKIP_POSTGRES=1`` to skip it knowingly.
+Plain helpers (ServerProcess, run_cli, register, ...) are in ``idp_testing``.
 """
 
 from __future__ import annotations
 
-import base64
-import os
 import secrets
-import socket
-import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 
 from idp.config import Settings
 from idp.provider import Provider
-
-ROOT = Path(__file__).resolve().parent.parent
-PG_URL = os.environ.get("IDP_TEST_POSTGRES_URL", "postgresql://root@127.0.0.1:5432/test")
-SKIP_PG = os.environ.get("IDP_TEST_SKIP_POSTGRES") == "1"
-ISSUER = "http://127.0.0.1:8000"
-AUDIENCE = "https://mcp.example.test/mcp"
-
-
-def _pg_admin_url() -> str:
-    return PG_URL.replace("postgresql://", "postgresql+psycopg://", 1)
+from idp_testing import (  # noqa: F401  (re-exported for older imports)
+    AUDIENCE,
+    ISSUER,
+    PG_URL,
+    ROOT,
+    SKIP_PG,
+    ServerProcess,
+    _pg_admin_url,
+    env_for,
+    free_port,
+    random_kek,
+    register,
+    run_cli,
+)
 
 
 @pytest.fixture(scope="session")
+
+
 def pg_server() -> str:
     if SKIP_PG:
         pytest.skip("IDP_TEST_SKIP_POSTGRES=1")
@@ -52,6 +52,8 @@ def pg_server() -> str:
 
 
 @pytest.fixture
+
+
 def pg_database(pg_server: str) -> Iterator[str]:
     """A fresh, empty PostgreSQL database for one test; its URL."""
     import sqlalchemy as sa
@@ -70,6 +72,8 @@ def pg_database(pg_server: str) -> Iterator[str]:
 
 
 @pytest.fixture(params=["sqlite", "postgres"])
+
+
 def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     """Parametrises a test over both supported databases."""
     if request.param == "sqlite":
@@ -77,11 +81,9 @@ def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     return request.getfixturevalue("pg_database")
 
 
-def random_kek() -> str:
-    return base64.urlsafe_b64encode(secrets.token_bytes(32)).rstrip(b"=").decode()
-
-
 @pytest.fixture
+
+
 def settings(db_url: str, tmp_path: Path) -> Settings:
     return Settings(
         issuer=ISSUER,
@@ -93,6 +95,8 @@ def settings(db_url: str, tmp_path: Path) -> Settings:
 
 
 @pytest.fixture
+
+
 def provider(settings: Settings) -> Iterator[Provider]:
     prov = Provider.open(settings)
     yield prov
@@ -100,6 +104,8 @@ def provider(settings: Settings) -> Iterator[Provider]:
 
 
 @pytest.fixture
+
+
 def app(provider: Provider) -> Any:
     from idp.app import create_app
 
@@ -107,75 +113,11 @@ def app(provider: Provider) -> Any:
 
 
 @pytest.fixture
+
+
 def http(app: Any) -> Iterator[Any]:
     """A synchronous test client over the real ASGI app (lifespan run, no network)."""
     from starlette.testclient import TestClient
 
     with TestClient(app, base_url=ISSUER) as client:
         yield client
-
-
-def register(provider: Provider, name: str = "agent", *, capabilities: str = "tools/call:* resources/read:file:///docs/**",
-             audiences: tuple[str, ...] = (AUDIENCE,), auth_method: str = "client_secret_basic",
-             jwks: dict[str, Any] | None = None) -> tuple[Any, str | None]:
-    """Register a client directly through the registry; returns (record, secret)."""
-    return provider.clients.add(name, capabilities=capabilities, audiences=list(audiences), auth_method=auth_method, jwks=jwks)
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class ServerProcess:
-    """A real ``idp serve`` process on loopback; stopped by the fixture that made it."""
-
-    def __init__(self, env: dict[str, str], port: int, workers: int = 1) -> None:
-        self.port = port
-        self.url = f"http://127.0.0.1:{port}"
-        self.log = Path(env["IDP_KEYS_DIR"]).parent / f"serve-{port}.log"
-        self._logfh = open(self.log, "wb")
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "idp.cli", "serve", "--host", "127.0.0.1", "--port", str(port), "--workers", str(workers)],
-            env={**os.environ, **env}, stdout=self._logfh, stderr=subprocess.STDOUT, cwd=ROOT,
-        )
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"idp serve exited early:\n{self.log.read_text()}")
-            try:
-                if httpx.get(self.url + "/healthz", timeout=1).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                time.sleep(0.1)
-        self.stop()
-        raise RuntimeError(f"idp serve did not become ready:\n{self.log.read_text()}")
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
-        self._logfh.close()
-
-
-def run_cli(*args: str, env: dict[str, str], input: str | None = None, timeout: float = 60) -> subprocess.CompletedProcess[str]:
-    """Run the real ``idp`` CLI in a subprocess."""
-    return subprocess.run([sys.executable, "-m", "idp.cli", *args], env={**os.environ, **env}, capture_output=True,
-                          text=True, input=input, timeout=timeout, cwd=ROOT)
-
-
-def env_for(settings: Settings) -> dict[str, str]:
-    """Environment variables that reproduce ``settings`` for a subprocess."""
-    assert settings.keystore_kek is not None
-    return {
-        "IDP_ISSUER": settings.issuer,
-        "IDP_DATABASE_URL": settings.database_url,
-        "IDP_KEYS_DIR": str(settings.keys_dir),
-        "IDP_KEYSTORE_KEK": settings.keystore_kek.get_secret_value(),
-        "IDP_LOG_LEVEL": "warning",
-    }
