@@ -20,7 +20,7 @@ from typing import Any
 
 import pytest
 import sqlalchemy as sa
-from conftest import ISSUER
+from idp_testing import ISSUER
 from joserfc import jwt
 from joserfc.jwk import ECKey, OKPKey, RSAKey
 from test_token_endpoint import Env, assert_oauth_error, basic, env, jwks_keyset  # noqa: F401 - env is a fixture

@@ -25,7 +25,7 @@ from idp.config import Settings
 from idp.provider import Provider
 from idp.signing_keys import KeyError_
 
-from conftest import ISSUER, register
+from idp_testing import ISSUER, register
 
 
 class FakeClock:

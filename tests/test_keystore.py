@@ -21,7 +21,7 @@ from idp.keystore import Keystore, KeystoreError
 from idp.logs import JsonFormatter
 from idp.provider import Provider
 
-from conftest import env_for, random_kek, run_cli
+from idp_testing import env_for, random_kek, run_cli
 
 PASSPHRASE = "correct horse battery staple"
 

@@ -24,7 +24,7 @@ from typing import Any
 
 import pytest
 import sqlalchemy as sa
-from conftest import AUDIENCE, ISSUER, _pg_admin_url, random_kek
+from idp_testing import AUDIENCE, ISSUER, _pg_admin_url, random_kek
 from joserfc import jwt
 from joserfc.jwk import KeySet
 from starlette.testclient import TestClient
