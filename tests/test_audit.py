@@ -1,0 +1,195 @@
+"""Audit log: a database record and a JSON log line for every client registration, token issuance,
+revocation and key event; retention pruning; ``idp audit tail``."""
+
+from __future__ import annotations
+
+import json
+import logging
+import queue
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+
+from idp.config import Settings
+from idp.logs import JsonFormatter
+from idp.provider import Provider
+
+from conftest import AUDIENCE, ROOT, env_for, register, run_cli
+
+
+class Lines(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.setFormatter(JsonFormatter())
+        self.lines: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.lines.append(self.format(record))
+
+    def objects(self) -> list[dict[str, Any]]:
+        return [json.loads(line) for line in self.lines]
+
+
+@pytest.fixture
+def audit_log() -> Iterator[Lines]:
+    """The JSON lines logger ``cbst.audit`` writes (attached directly: independent of propagation)."""
+    handler = Lines()
+    logger = logging.getLogger("cbst.audit")
+    level = logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    try:
+        yield handler
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+
+
+def rows(prov: Provider, where: str = "1=1", **params: Any) -> list[dict[str, Any]]:
+    with prov.engine.connect() as conn:
+        result = conn.execute(sa.text(f"SELECT * FROM audit_events WHERE {where} ORDER BY id"), params)
+        out = [dict(r._mapping) for r in result]
+    for r in out:
+        r["data"] = json.loads(r["data"])
+    return out
+
+
+def token_for(http: Any, client_id: str, secret: str, **form: str) -> str:
+    resp = http.post("/token", data={"grant_type": "client_credentials", **form}, auth=(client_id, secret))
+    assert resp.status_code == 200, resp.text
+    return resp.json()["access_token"]
+
+
+def claims_of(token: str) -> dict[str, Any]:
+    from sdk.jws import b64url_decode
+
+    return json.loads(b64url_decode(token.split(".")[1]))
+
+
+def test_every_security_event_has_an_audit_record_and_a_json_log_line(provider: Provider, http: Any,
+                                                                       audit_log: Lines) -> None:
+    before = len(rows(provider))  # the initial key's creation
+    client, secret = register(provider, "auditee", capabilities="tools/call:* prompts/get:summarize",
+                              audiences=(AUDIENCE, "https://other.example/mcp"))
+    tokens = [token_for(http, client.client_id, secret, scope="tools/call:git-*", resource=AUDIENCE)
+              for _ in range(3)]
+    revoked = tokens[0]
+    assert http.post("/revoke", data={"token": revoked}, auth=(client.client_id, secret)).status_code == 200
+    provider.revocations.revoke(claims_of(tokens[1])["jti"], client_id=client.client_id,
+                                expires_at=claims_of(tokens[1])["exp"], actor="cli")
+    new_key = provider.keys.rotate(actor="cli", immediate=True)
+    old_kid = next(k.kid for k in provider.keys.list() if k.kid != new_key.kid)
+    provider.keys.retire(old_kid, actor="cli")
+    provider.clients.set_enabled(client.client_id, False)
+    # Refused requests are not issuances.
+    assert http.post("/token", data={"grant_type": "client_credentials"},
+                     auth=(client.client_id, secret)).status_code == 401
+
+    records = rows(provider)[before:]
+    events = [r["event"] for r in records]
+    assert events == ["client.registered", "token.issued", "token.issued", "token.issued", "token.revoked",
+                      "token.revoked", "key.created", "key.retired", "client.disabled"]
+    reg = records[0]
+    assert reg["client_id"] == client.client_id
+    assert reg["data"]["name"] == "auditee"
+    assert reg["data"]["capabilities"] == client.capabilities.to_scope()
+    assert reg["data"]["audiences"] == [AUDIENCE, "https://other.example/mcp"]
+    for tok, rec in zip(tokens, records[1:4], strict=True):
+        cl = claims_of(tok)
+        assert rec["jti"] == cl["jti"] and rec["client_id"] == client.client_id == cl["client_id"]
+        assert rec["data"]["scope"] == cl["scope"] == "tools/call:git-*"
+        assert rec["data"]["aud"] == cl["aud"] == AUDIENCE
+        assert rec["data"]["exp"] == cl["exp"] and rec["ts"] == cl["iat"]
+    assert [r["jti"] for r in records[4:6]] == [claims_of(tokens[0])["jti"], claims_of(tokens[1])["jti"]]
+    assert [r["actor"] for r in records[4:6]] == [client.client_id, "cli"]
+    assert records[6]["data"]["kid"] == new_key.kid and records[6]["actor"] == "cli"
+    assert records[7]["data"]["kid"] == old_kid
+
+    # One JSON log line per record, carrying the same facts.
+    logged = [o for o in audit_log.objects() if o.get("logger") == "cbst.audit"]
+    assert [o["msg"] for o in logged] == events
+    for obj, rec in zip(logged, records, strict=True):
+        audit = obj["audit"]
+        assert audit["event"] == rec["event"] and audit["ts"] == rec["ts"] and audit["actor"] == rec["actor"]
+        assert audit.get("client_id") == rec["client_id"] and audit.get("jti") == rec["jti"]
+        assert audit["data"] == rec["data"]
+    # Revoking again is idempotent: no second record.
+    provider.revocations.revoke(claims_of(tokens[1])["jti"], client_id=client.client_id,
+                                expires_at=claims_of(tokens[1])["exp"], actor="cli")
+    assert len(rows(provider, "event = 'token.revoked'")) == 2
+
+
+def test_retention_pruning_deletes_only_records_older_than_audit_retention_days(settings: Settings) -> None:
+    assert Settings().audit_retention_days == 30
+    now = int(time.time())
+    day = 86400
+    prov = Provider.open(settings)
+    try:
+        with prov.engine.begin() as conn:
+            for age in (31, 30.5, 29, 8, 6, 0):
+                conn.execute(sa.text("INSERT INTO audit_events (ts, event, actor, data) VALUES (:ts, :e, 'test', '{}')"),
+                             {"ts": int(now - age * day), "e": f"age.{age}"})
+        events = prov.maintain()
+        assert "pruned 2 audit records" in events
+        assert [r["event"] for r in rows(prov, "event LIKE 'age.%'")] == ["age.29", "age.8", "age.6", "age.0"]
+    finally:
+        prov.close()
+    seven = Provider.open(settings.model_copy(update={"audit_retention_days": 7}))
+    try:
+        assert "pruned 2 audit records" in seven.maintain()
+        assert [r["event"] for r in rows(seven, "event LIKE 'age.%'")] == ["age.6", "age.0"]
+        assert seven.maintain() == []  # nothing left to prune
+    finally:
+        seven.close()
+
+
+@pytest.mark.slow
+def test_audit_tail_cli_lines_json_event_filter_and_follow(settings: Settings, provider: Provider, http: Any) -> None:
+    env = env_for(settings)
+    client, secret = register(provider, "tailer")
+    jtis = [claims_of(token_for(http, client.client_id, secret))["jti"] for _ in range(3)]
+
+    res = run_cli("audit", "tail", "-n", "2", "--json", env=env)
+    assert res.returncode == 0, res.stderr
+    got = [json.loads(line) for line in res.stdout.splitlines()]
+    assert [g["jti"] for g in got] == jtis[1:]  # the newest two, oldest first
+
+    res = run_cli("audit", "tail", "--json", "--event", "client.*", env=env)
+    got = [json.loads(line) for line in res.stdout.splitlines()]
+    assert [g["event"] for g in got] == ["client.registered"] and got[0]["client_id"] == client.client_id
+
+    res = run_cli("audit", "tail", "-n", "50", env=env)
+    assert res.returncode == 0 and "token.issued" in res.stdout and jtis[0] in res.stdout
+    assert "key.created" in res.stdout
+
+    res = run_cli("audit", "tail", "-n", "0", env=env)
+    assert res.returncode == 2 and "Traceback" not in res.stderr
+
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "idp.cli", "audit", "tail", "--follow", "--json", "--event", "token.*", "-n", "1",
+         "--interval", "0.2"],
+        env={**__import__("os").environ, **env}, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT,
+    )
+    lines: queue.Queue[str] = queue.Queue()
+    threading.Thread(target=lambda: [lines.put(line) for line in proc.stdout], daemon=True).start()  # type: ignore[union-attr]
+    try:
+        first = json.loads(lines.get(timeout=30))
+        assert first["jti"] == jtis[-1]
+        new_jti = claims_of(token_for(http, client.client_id, secret))["jti"]
+        provider.clients.set_enabled(client.client_id, False)  # filtered out by --event
+        provider.clients.set_enabled(client.client_id, True)
+        nxt = json.loads(lines.get(timeout=30))
+        assert nxt["event"] == "token.issued" and nxt["jti"] == new_jti and nxt["client_id"] == client.client_id
+        with pytest.raises(queue.Empty):
+            lines.get(timeout=0.6)
+        assert proc.poll() is None  # still following
+    finally:
+        proc.terminate()
+        proc.wait(10)
+    assert "Traceback" not in proc.stderr.read()  # type: ignore[union-attr]
