@@ -20,7 +20,7 @@ from idp.config import Settings
 from idp.logs import JsonFormatter
 from idp.provider import Provider
 
-from conftest import AUDIENCE, ROOT, env_for, register, run_cli
+from idp_testing import AUDIENCE, ROOT, env_for, register, run_cli
 
 
 class Lines(logging.Handler):
