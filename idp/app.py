@@ -154,7 +154,7 @@ def create_app(settings: Settings | None = None, provider: Provider | None = Non
     async def jwks(request: Request) -> Response:
         body, etag = prov().keys.jwks()
         headers = {"Cache-Control": f"public, max-age={settings.jwks_max_age}", "ETag": etag}
-        if request.headers.get("if-none-match") == etag:
+        if _etag_matches(request.headers.get("if-none-match"), etag):
             return Response(status_code=304, headers=headers)
         return Response(body, 200, headers, media_type="application/jwk-set+json")
 
@@ -184,6 +184,16 @@ def create_app(settings: Settings | None = None, provider: Provider | None = Non
         return _json(500, {"error": "server_error", "error_description": "internal error"})
 
     return OAuthEndpoints(app, prov, settings.max_body_bytes)
+
+
+def _etag_matches(if_none_match: str | None, etag: str) -> bool:
+    """RFC 9110 §13.1.2: If-None-Match is ``*`` or a list of entity-tags, compared weakly."""
+    if if_none_match is None:
+        return False
+    if if_none_match.strip() == "*":
+        return True
+    opaque = etag.removeprefix("W/")
+    return any(tag.strip().removeprefix("W/") == opaque for tag in if_none_match.split(","))
 
 
 def _lazy(state: dict[str, Provider], settings: Settings, provider: Provider | None) -> Provider:
