@@ -12,7 +12,7 @@ import time
 from typing import Any
 
 import pytest
-from conftest import AUDIENCE, ISSUER
+from idp_testing import AUDIENCE, ISSUER
 from test_token_endpoint import OTHER_AUDIENCE, Env, assert_oauth_error, basic, env  # noqa: F401 - env is a fixture
 
 import idp.clock
