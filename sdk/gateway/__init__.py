@@ -1,0 +1,13 @@
+"""CBST gateway: capability enforcement in front of an MCP server you did not write.
+
+``cbst-gateway`` (``sdk.gateway.cli``) wraps one of two ASGI apps in the SDK's
+``CBSTMiddleware``: ``HTTPUpstreamProxy`` (a streaming reverse proxy to a streamable-HTTP MCP
+server) or ``StdioBridge`` (a supervised stdio MCP server exposed over streamable HTTP).
+See docs/gateway.md.
+"""
+
+from .http_proxy import HTTPUpstreamProxy
+from .stdio_bridge import StdioBridge
+from .stdio_child import StdioChild, StdioStartError
+
+__all__ = ["HTTPUpstreamProxy", "StdioBridge", "StdioChild", "StdioStartError"]

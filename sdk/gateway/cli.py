@@ -1,0 +1,144 @@
+"""``cbst-gateway``: serve an unmodified MCP server behind CBST capability enforcement.
+
+    cbst-gateway --issuer URL --resource URL --port P [--host 127.0.0.1]
+                 (--upstream http://127.0.0.1:3000/mcp | --upstream-stdio "COMMAND ARGS")
+
+Exit status: 0 after a clean shutdown (SIGINT/SIGTERM), 1 when the stdio server cannot be
+started or keeps crashing, 2 for a bad command line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import ipaddress
+import logging
+import sys
+from typing import Any
+from urllib.parse import urlsplit
+
+from .http_proxy import HTTPUpstreamProxy
+from .stdio_bridge import StdioBridge
+from .stdio_child import StdioStartError
+
+log = logging.getLogger("cbst.gateway")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="cbst-gateway", description=(
+        "Put CBST capability enforcement in front of an MCP server: a streamable-HTTP upstream, "
+        "or a stdio server the gateway spawns and exposes over streamable HTTP."))
+    p.add_argument("--issuer", required=True, help="the CBST IdP's issuer URL (its JWKS verifies tokens)")
+    p.add_argument("--resource", required=True,
+                   help="this gateway's resource URI, the tokens' audience, e.g. http://127.0.0.1:8080/mcp")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    p.add_argument("--port", type=int, required=True, help="port to listen on")
+    p.add_argument("--path", default=None,
+                   help="the MCP endpoint path (default: the path of --resource, or /mcp)")
+    up = p.add_mutually_exclusive_group(required=True)
+    up.add_argument("--upstream", metavar="URL", help="streamable-HTTP MCP server to proxy to")
+    up.add_argument("--upstream-stdio", metavar="COMMAND",
+                    help='stdio MCP server to spawn (shell-style quoting, run without a shell), e.g. '
+                         '"npx -y @modelcontextprotocol/server-filesystem /srv/docs"')
+    p.add_argument("--timeout", type=float, default=120.0,
+                   help="seconds to wait for the upstream's answer (HTTP: also the longest silence inside "
+                        "a streamed answer; default 120)")
+    p.add_argument("--start-timeout", type=float, default=30.0,
+                   help="stdio: seconds the server gets to answer initialize (default 30)")
+    p.add_argument("--max-restarts", type=int, default=5,
+                   help="stdio: crashes tolerated per minute before the gateway gives up (default 5)")
+    p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    p.add_argument("--no-auth", action="store_true",
+                   help="development only: no token checks at all; refused unless --host is loopback")
+    return p
+
+
+def mcp_path(args: argparse.Namespace) -> str:
+    if args.path:
+        return str(args.path)
+    return urlsplit(args.resource).path.rstrip("/") or "/mcp"
+
+
+def protect(app: Any, *, issuer: str, resource: str, path: str, **options: Any) -> Any:
+    """Wrap ``app`` in the SDK's capability-enforcing middleware (``options``: ProtectionConfig)."""
+    from sdk.server import CBSTMiddleware, ProtectionConfig
+
+    return CBSTMiddleware(app, ProtectionConfig(issuer=issuer, resource=resource, mcp_path=path, **options))
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+async def serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    path = mcp_path(args)
+    exit_code = 0
+    server: uvicorn.Server | None = None
+
+    def fatal(reason: str) -> None:
+        nonlocal exit_code
+        exit_code = 1
+        print(f"cbst-gateway: error: {reason}", file=sys.stderr, flush=True)
+        if server is not None:
+            server.should_exit = True
+
+    inner: HTTPUpstreamProxy | StdioBridge
+    if args.upstream:
+        inner = HTTPUpstreamProxy(args.upstream, path=path, timeout=args.timeout)
+    else:
+        inner = StdioBridge(args.upstream_stdio, path=path, request_timeout=args.timeout,
+                            start_timeout=args.start_timeout, max_restarts=args.max_restarts, on_fatal=fatal)
+        try:
+            await inner.start()
+        except StdioStartError as exc:
+            print(f"cbst-gateway: error: {exc}", file=sys.stderr, flush=True)
+            return 1
+    try:
+        app = inner if args.no_auth else protect(inner, issuer=args.issuer, resource=args.resource, path=path)
+        config = uvicorn.Config(app, host=args.host, port=args.port, log_level=args.log_level,
+                                lifespan="auto", access_log=args.log_level == "debug")
+        server = uvicorn.Server(config)
+        upstream = args.upstream or f"stdio `{args.upstream_stdio}`"
+        log.info("cbst-gateway: http://%s:%d%s -> %s (%s)", args.host, args.port, path, upstream,
+                 "NO AUTH" if args.no_auth else f"tokens from {args.issuer}")
+        await server.serve()
+        if not server.started and exit_code == 0:
+            exit_code = 1
+    finally:
+        await inner.aclose()
+    return exit_code
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.no_auth and not _is_loopback(args.host):
+        parser.error("--no-auth is only allowed on a loopback --host")
+    for name in ("issuer", "resource"):
+        if urlsplit(getattr(args, name)).scheme not in ("http", "https"):
+            parser.error(f"--{name} must be an http(s) URL")
+    if args.upstream and urlsplit(args.upstream).scheme not in ("http", "https"):
+        parser.error("--upstream must be an http(s) URL")
+    logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if not args.no_auth:
+        try:
+            import sdk.server  # noqa: F401
+        except ImportError as exc:
+            print(f"cbst-gateway: error: the CBST middleware is not available ({exc})", file=sys.stderr)
+            sys.exit(1)
+    try:
+        sys.exit(asyncio.run(serve(args)))
+    except KeyboardInterrupt:
+        sys.exit(0)
+
+
+if __name__ == "__main__":
+    main()

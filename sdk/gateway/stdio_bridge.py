@@ -1,0 +1,327 @@
+"""Streamable-HTTP front for a stdio MCP server (the gateway's stdio mode).
+
+Speaks the handshake generation of MCP streamable HTTP (2024-11-05 … 2025-11-25) to HTTP
+clients and newline-delimited JSON-RPC to one supervised child (``StdioChild``):
+
+- ``initialize`` creates a gateway session (``Mcp-Session-Id``) and is answered from the
+  child's own ``initialize`` result (the gateway initialised the child once, at start, as its
+  only client); ``notifications/initialized`` is absorbed.
+- Each POSTed request goes to the child under a gateway-unique id; its response comes back on
+  that POST — as an SSE stream (progress notifications first, then the result) when the client
+  accepts ``text/event-stream``, else as JSON. ``notifications/cancelled`` is translated.
+- Child notifications that belong to no request (list changes, log messages) go to every
+  session's GET stream.
+- The 2026-07-28 generation is not bridged: ``server/discover`` (and any request stamped with a
+  2026-07-28 ``MCP-Protocol-Version`` but no session) is answered with -32022 listing the
+  child's handshake version, so ``mode="auto"`` clients fall back to ``initialize``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+import shlex
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from starlette.types import Receive, Scope, Send
+
+from . import _jsonrpc as rpc
+from .stdio_child import StdioChild
+
+log = logging.getLogger("cbst.gateway.stdio")
+
+MODERN_PROTOCOL_VERSIONS = ("2026-07-28",)
+SESSION_QUEUE_SIZE = 1000
+KEEPALIVE_SECONDS = 15.0
+
+
+@dataclass
+class _Session:
+    id: str
+    inflight: dict[Any, str] = field(default_factory=dict)  # client request id -> gateway id
+    stream: asyncio.Queue[rpc.Message | None] | None = None  # the open GET stream, if any
+
+
+class StdioBridge:
+    """ASGI app: the MCP endpoint at ``path`` backed by the stdio server ``command``."""
+
+    def __init__(self, command: str | list[str], *, path: str = "/mcp", request_timeout: float = 300.0,
+                 start_timeout: float = 30.0, max_restarts: int = 5, restart_window: float = 60.0,
+                 backoff: float = 0.25, max_sessions: int = 10_000, max_request_body: int = 4 * 1024 * 1024,
+                 on_fatal: Callable[[str], None] | None = None) -> None:
+        argv = shlex.split(command) if isinstance(command, str) else list(command)
+        if not argv:
+            raise ValueError("empty --upstream-stdio command")
+        if not path.startswith("/"):
+            raise ValueError(f"path must start with '/', got {path!r}")
+        self.path = path
+        self.max_sessions = max_sessions
+        self.max_request_body = max_request_body
+        self.child = StdioChild(argv, start_timeout=start_timeout, request_timeout=request_timeout,
+                                max_restarts=max_restarts, restart_window=restart_window, backoff=backoff,
+                                on_notification=self._broadcast, on_fatal=on_fatal)
+        self.sessions: dict[str, _Session] = {}
+        self._started = False
+
+    # -- lifecycle -----------------------------------------------------------------------
+    async def start(self) -> None:
+        """Spawn and initialise the child; raises StdioStartError if it cannot be."""
+        if not self._started:
+            await self.child.start()
+            self._started = True
+
+    async def aclose(self) -> None:
+        for session in self.sessions.values():
+            _close_stream(session)
+        self.sessions.clear()
+        await self.child.aclose()
+        self._started = False
+
+    async def _lifespan(self, receive: Receive, send: Send) -> None:
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                try:
+                    await self.start()
+                except Exception as exc:  # noqa: BLE001 — reported to the server, which exits
+                    await send({"type": "lifespan.startup.failed", "message": str(exc)})
+                    return
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                await self.aclose()
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+
+    # -- ASGI ----------------------------------------------------------------------------
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "lifespan":
+            await self._lifespan(receive, send)
+            return
+        if scope["type"] != "http":
+            return
+        if scope["path"].rstrip("/") != self.path.rstrip("/"):
+            await rpc.send_json(send, 404, rpc.error(None, rpc.INVALID_REQUEST, f"no MCP endpoint at {scope['path']}"))
+            return
+        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
+        method = scope["method"]
+        if method == "POST":
+            await self._post(headers, receive, send)
+        elif method == "GET":
+            await self._get(headers, receive, send)
+        elif method == "DELETE":
+            await self._delete(headers, send)
+        else:
+            await rpc.send_json(send, 405, rpc.error(None, rpc.INVALID_REQUEST, f"method {method} not allowed"),
+                                headers=[(b"allow", b"GET, POST, DELETE")])
+
+    def _session(self, headers: dict[str, str]) -> tuple[_Session | None, int, str]:
+        sid = headers.get("mcp-session-id")
+        if not sid:
+            return None, 400, "Bad Request: missing Mcp-Session-Id header (send initialize first)"
+        session = self.sessions.get(sid)
+        if session is None:
+            return None, 404, "Session not found"
+        return session, 200, ""
+
+    async def _post(self, headers: dict[str, str], receive: Receive, send: Send) -> None:
+        try:
+            body = await rpc.read_body(receive, self.max_request_body)
+        except rpc.BodyTooLarge as exc:
+            await rpc.send_json(send, 413, rpc.error(None, rpc.INVALID_REQUEST, str(exc)))
+            return
+        if body is None:
+            return
+        try:
+            messages, batch = rpc.parse_body(body)
+        except ValueError as exc:
+            await rpc.send_json(send, 400, rpc.error(None, rpc.PARSE_ERROR, f"Parse error: {exc}"))
+            return
+        requests = [m for m in messages if rpc.is_request(m)]
+
+        init = [m for m in requests if m["method"] == "initialize"]
+        if init:
+            if len(messages) != 1:
+                await rpc.send_json(send, 400, rpc.error(None, rpc.INVALID_REQUEST,
+                                                         "initialize must be sent alone"))
+                return
+            await self._initialize(init[0], send)
+            return
+
+        version = headers.get("mcp-protocol-version", "")
+        if "mcp-session-id" not in headers and requests and (
+                version in MODERN_PROTOCOL_VERSIONS or any(m["method"] == "server/discover" for m in requests)):
+            requested = version or str(((requests[0].get("params") or {}).get("_meta") or {}).get(
+                "io.modelcontextprotocol/protocolVersion", ""))
+            supported = [self.child.protocol_version]
+            text = (f"Unsupported protocol version: this gateway bridges a stdio server that speaks "
+                    f"{supported[0]} (initialize handshake)")
+            data = {"supported": supported, "requested": requested}
+            answers = [rpc.error(m["id"], rpc.UNSUPPORTED_PROTOCOL_VERSION, text, data) for m in requests]
+            await rpc.send_json(send, 400, answers if batch else answers[0])
+            return
+
+        session, status, reason = self._session(headers)
+        if session is None:
+            await rpc.send_errors(send, status, [m["id"] for m in requests], rpc.INVALID_REQUEST, reason)
+            return
+
+        for message in messages:
+            if rpc.is_notification(message):
+                await self._forward_notification(session, message)
+        if not requests:
+            await send({"type": "http.response.start", "status": 202, "headers": [(b"content-length", b"0")]})
+            await send({"type": "http.response.body", "body": b""})
+            return
+        if "text/event-stream" in headers.get("accept", ""):
+            await self._answer_sse(session, requests, receive, send)
+        else:
+            await self._answer_json(session, requests, batch, send)
+
+    async def _initialize(self, message: rpc.Message, send: Send) -> None:
+        if len(self.sessions) >= self.max_sessions:
+            await rpc.send_json(send, 503, rpc.error(message["id"], rpc.INTERNAL_ERROR, "too many sessions"))
+            return
+        if not await self.child._wait_ready() or self.child.initialize_result is None:  # noqa: SLF001
+            await rpc.send_json(send, 502, rpc.error(message["id"], rpc.INTERNAL_ERROR,
+                                                     self.child._unavailable_reason()))  # noqa: SLF001
+            return
+        sid = secrets.token_hex(16)
+        self.sessions[sid] = _Session(sid)
+        result = dict(self.child.initialize_result)
+        await rpc.send_json(send, 200, {"jsonrpc": "2.0", "id": message["id"], "result": result},
+                            headers=[(b"mcp-session-id", sid.encode())])
+
+    async def _forward_notification(self, session: _Session, message: rpc.Message) -> None:
+        method = message["method"]
+        if method == "notifications/initialized":
+            return  # the child was initialised by the gateway itself
+        if method == "notifications/cancelled":
+            params = message.get("params") if isinstance(message.get("params"), dict) else {}
+            gw_id = session.inflight.get(params.get("requestId"))
+            if gw_id is None:
+                return
+            message = dict(message, params=dict(params, requestId=gw_id))
+        await self.child.notify(message)
+
+    async def _call(self, session: _Session, message: rpc.Message,
+                    on_event: Callable[[rpc.Message], Any] | None) -> rpc.Message:
+        gw_id = self.child.next_id()
+        session.inflight[message["id"]] = gw_id
+        try:
+            return await self.child.request(message, gw_id, on_event)
+        finally:
+            session.inflight.pop(message["id"], None)
+
+    async def _answer_json(self, session: _Session, requests: list[rpc.Message], batch: bool, send: Send) -> None:
+        responses = await asyncio.gather(*(self._call(session, m, None) for m in requests))
+        await rpc.send_json(send, 200, list(responses) if batch else responses[0])
+
+    async def _answer_sse(self, session: _Session, requests: list[rpc.Message], receive: Receive,
+                          send: Send) -> None:
+        queue: asyncio.Queue[rpc.Message] = asyncio.Queue()
+        await send({"type": "http.response.start", "status": 200, "headers": [
+            (b"content-type", b"text/event-stream"), (b"cache-control", b"no-cache, no-transform"),
+            (b"x-accel-buffering", b"no")]})
+
+        async def call(message: rpc.Message) -> None:
+            await queue.put(await self._call(session, message, queue.put))
+
+        tasks = [asyncio.create_task(call(m)) for m in requests]
+        watcher = asyncio.create_task(_wait_disconnect(receive))
+        remaining = len(requests)
+        try:
+            while remaining:
+                getter = asyncio.create_task(queue.get())
+                done, _ = await asyncio.wait({getter, watcher}, return_when=asyncio.FIRST_COMPLETED)
+                if getter not in done:
+                    getter.cancel()
+                    return  # client gone: the finally below cancels the calls (the child is told)
+                event = getter.result()
+                if rpc.is_response(event):
+                    remaining -= 1
+                await send({"type": "http.response.body", "body": rpc.sse_event(event), "more_body": True})
+            await send({"type": "http.response.body", "body": b""})
+        finally:
+            watcher.cancel()
+            for task in tasks:
+                task.cancel()
+
+    async def _get(self, headers: dict[str, str], receive: Receive, send: Send) -> None:
+        if "text/event-stream" not in headers.get("accept", ""):
+            await rpc.send_json(send, 406, rpc.error(None, rpc.INVALID_REQUEST,
+                                                     "Not Acceptable: GET needs Accept: text/event-stream"))
+            return
+        session, status, reason = self._session(headers)
+        if session is None:
+            await rpc.send_json(send, status, rpc.error(None, rpc.INVALID_REQUEST, reason))
+            return
+        if session.stream is not None:
+            await rpc.send_json(send, 409, rpc.error(None, rpc.INVALID_REQUEST,
+                                                     "Conflict: a GET stream is already open for this session"))
+            return
+        queue: asyncio.Queue[rpc.Message | None] = asyncio.Queue(SESSION_QUEUE_SIZE)
+        session.stream = queue
+        await send({"type": "http.response.start", "status": 200, "headers": [
+            (b"content-type", b"text/event-stream"), (b"cache-control", b"no-cache, no-transform"),
+            (b"x-accel-buffering", b"no")]})
+        watcher = asyncio.create_task(_wait_disconnect(receive))
+        try:
+            while True:
+                getter = asyncio.create_task(queue.get())
+                done, _ = await asyncio.wait({getter, watcher}, timeout=KEEPALIVE_SECONDS,
+                                             return_when=asyncio.FIRST_COMPLETED)
+                if watcher in done:
+                    getter.cancel()
+                    return
+                if getter not in done:
+                    getter.cancel()
+                    await send({"type": "http.response.body", "body": b": keep-alive\n\n", "more_body": True})
+                    continue
+                event = getter.result()
+                if event is None:
+                    break
+                await send({"type": "http.response.body", "body": rpc.sse_event(event), "more_body": True})
+            await send({"type": "http.response.body", "body": b""})
+        finally:
+            watcher.cancel()
+            if session.stream is queue:
+                session.stream = None
+
+    async def _delete(self, headers: dict[str, str], send: Send) -> None:
+        session, status, reason = self._session(headers)
+        if session is None:
+            await rpc.send_json(send, status, rpc.error(None, rpc.INVALID_REQUEST, reason))
+            return
+        self.sessions.pop(session.id, None)
+        _close_stream(session)
+        await send({"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"0")]})
+        await send({"type": "http.response.body", "body": b""})
+
+    def _broadcast(self, message: rpc.Message) -> None:
+        for session in self.sessions.values():
+            if session.stream is not None:
+                try:
+                    session.stream.put_nowait(message)
+                except asyncio.QueueFull:
+                    log.warning("session %s… is not reading its GET stream; notification dropped", session.id[:8])
+
+
+async def _wait_disconnect(receive: Receive) -> None:
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            return
+        await asyncio.sleep(0.05)  # a receive() that replays the body must not spin
+
+
+def _close_stream(session: _Session) -> None:
+    if session.stream is not None:
+        while True:
+            try:
+                session.stream.put_nowait(None)
+                return
+            except asyncio.QueueFull:
+                session.stream.get_nowait()  # drop the oldest: the stream is closing anyway

@@ -1,0 +1,392 @@
+"""A supervised stdio MCP server: one child process speaking newline-delimited JSON-RPC.
+
+MCP spec, Transports → stdio: messages are single-line JSON on the child's stdin/stdout; its
+stderr is a log (relayed to the ``cbst.gateway.child`` logger). The gateway is the child's only
+client: it performs the ``initialize`` handshake once per process and multiplexes every HTTP
+client's requests onto it, rewriting request ids (and progress tokens) to values of its own so
+that concurrent clients cannot collide, and restoring them on the way back.
+
+If the child exits, every request in flight fails with a JSON-RPC error and the child is
+restarted with exponential backoff; more than ``max_restarts`` crashes inside
+``restart_window`` seconds is fatal (``on_fatal`` is called; the CLI then exits non-zero).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import copy
+import itertools
+import json
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from . import _jsonrpc as rpc
+
+log = logging.getLogger("cbst.gateway.stdio")
+child_log = logging.getLogger("cbst.gateway.child")
+
+EventSink = Callable[[rpc.Message], Awaitable[None]]
+
+STDOUT_LINE_LIMIT = 64 * 1024 * 1024
+
+
+class StdioStartError(RuntimeError):
+    """The child could not be started and initialised."""
+
+
+@dataclass
+class _Pending:
+    original_id: Any
+    future: asyncio.Future[rpc.Message]
+    on_event: EventSink | None
+    progress_token: Any = None
+    gw_token: str | None = None
+
+
+@dataclass
+class _Process:
+    proc: asyncio.subprocess.Process
+    started: float
+    tasks: list[asyncio.Task[Any]] = field(default_factory=list)
+    stderr_tail: collections.deque[str] = field(default_factory=lambda: collections.deque(maxlen=20))
+
+
+class StdioChild:
+    """Spawn ``argv`` (no shell), initialise it, and route JSON-RPC to and from it."""
+
+    def __init__(self, argv: list[str], *, start_timeout: float = 30.0, request_timeout: float = 300.0,
+                 max_restarts: int = 5, restart_window: float = 60.0, backoff: float = 0.25,
+                 client_info: dict[str, str] | None = None,
+                 on_notification: Callable[[rpc.Message], None] | None = None,
+                 on_fatal: Callable[[str], None] | None = None) -> None:
+        if not argv:
+            raise ValueError("empty stdio command")
+        if start_timeout <= 0 or request_timeout <= 0 or max_restarts < 0 or backoff < 0:
+            raise ValueError("timeouts must be positive and max_restarts/backoff non-negative")
+        self.argv = list(argv)
+        self.command = " ".join(argv)
+        self.start_timeout = start_timeout
+        self.request_timeout = request_timeout
+        self.max_restarts = max_restarts
+        self.restart_window = restart_window
+        self.backoff = backoff
+        self.client_info = client_info or {"name": "cbst-gateway", "version": "0.1.0"}
+        self.on_notification = on_notification
+        self.on_fatal = on_fatal
+        self.initialize_result: dict[str, Any] | None = None
+        self.failed: str | None = None
+        self.restarts = 0
+        self._ids = itertools.count(1)
+        self._pending: dict[str, _Pending] = {}
+        self._progress: dict[str, str] = {}  # gateway progress token -> gateway request id
+        self._ready = asyncio.Event()
+        self._write_lock = asyncio.Lock()
+        self._current: _Process | None = None
+        self._crashes: collections.deque[float] = collections.deque()
+        self._closing = False
+        self._supervisor: asyncio.Task[None] | None = None
+
+    # -- public --------------------------------------------------------------------------
+    @property
+    def pid(self) -> int | None:
+        return self._current.proc.pid if self._current else None
+
+    @property
+    def protocol_version(self) -> str:
+        assert self.initialize_result is not None
+        return str(self.initialize_result.get("protocolVersion", rpc.LATEST_HANDSHAKE_VERSION))
+
+    async def start(self) -> None:
+        """First start: spawn and initialise, or raise StdioStartError with the reason."""
+        await self._spawn_and_initialize()
+
+    async def aclose(self) -> None:
+        self._closing = True
+        if self._supervisor is not None:
+            self._supervisor.cancel()
+        await self._terminate()
+        self._fail_pending("the gateway is shutting down")
+
+    def next_id(self) -> str:
+        return f"cbst-{next(self._ids)}"
+
+    async def request(self, message: rpc.Message, gw_id: str | None = None,
+                      on_event: EventSink | None = None) -> rpc.Message:
+        """Send one request; return its response with the caller's id restored.
+
+        Never raises for upstream trouble: failures come back as JSON-RPC error responses.
+        Progress notifications for this request go to ``on_event`` (token restored).
+        """
+        original_id = message.get("id")
+        if not await self._wait_ready():
+            return rpc.error(original_id, rpc.INTERNAL_ERROR, self._unavailable_reason())
+        gw_id = gw_id or self.next_id()
+        out = dict(message, id=gw_id)
+        pending = _Pending(original_id, asyncio.get_running_loop().create_future(), on_event)
+        params = out.get("params")
+        if isinstance(params, dict) and isinstance(params.get("_meta"), dict) and "progressToken" in params["_meta"]:
+            out["params"] = params = copy.copy(params)
+            params["_meta"] = dict(params["_meta"])
+            pending.progress_token = params["_meta"]["progressToken"]
+            pending.gw_token = params["_meta"]["progressToken"] = f"{gw_id}-progress"
+            self._progress[pending.gw_token] = gw_id
+        self._pending[gw_id] = pending
+        try:
+            if not await self._write(out):
+                return rpc.error(original_id, rpc.INTERNAL_ERROR, self._unavailable_reason())
+            try:
+                return await asyncio.wait_for(asyncio.shield(pending.future), self.request_timeout)
+            except TimeoutError:
+                await self._write({"jsonrpc": "2.0", "method": "notifications/cancelled",
+                                   "params": {"requestId": gw_id, "reason": "gateway request timeout"}})
+                return rpc.error(original_id, rpc.INTERNAL_ERROR,
+                                 f"upstream stdio server `{self.command}` did not answer within {self.request_timeout:g}s")
+        finally:
+            self._forget(gw_id)
+            if not pending.future.done():  # the caller went away: tell the child
+                pending.future.cancel()
+                asyncio.get_running_loop().create_task(self._write({
+                    "jsonrpc": "2.0", "method": "notifications/cancelled",
+                    "params": {"requestId": gw_id, "reason": "client disconnected"}}))
+
+    async def notify(self, message: rpc.Message) -> None:
+        """Forward a client notification (best effort: dropped while the child is down)."""
+        if self._ready.is_set():
+            await self._write(message)
+
+    # -- process management ----------------------------------------------------------------
+    async def _spawn_and_initialize(self) -> None:
+        try:
+            proc = await asyncio.create_subprocess_exec(
+                *self.argv, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.PIPE, limit=STDOUT_LINE_LIMIT, start_new_session=True)
+        except OSError as exc:
+            raise StdioStartError(f"cannot start stdio MCP server `{self.command}`: {exc.strerror or exc}") from exc
+        current = _Process(proc, time.monotonic())
+        self._current = current
+        current.tasks.append(asyncio.create_task(self._pump_stderr(current)))
+        current.tasks.append(asyncio.create_task(self._read_stdout(current)))
+        init_id = f"cbst-init-{next(self._ids)}"
+        future: asyncio.Future[rpc.Message] = asyncio.get_running_loop().create_future()
+        self._pending[init_id] = _Pending(init_id, future, None)
+        try:
+            await self._write_raw(current, {
+                "jsonrpc": "2.0", "id": init_id, "method": "initialize",
+                "params": {"protocolVersion": rpc.LATEST_HANDSHAKE_VERSION, "capabilities": {},
+                           "clientInfo": self.client_info}})
+            exit_wait = asyncio.ensure_future(proc.wait())
+            done, _ = await asyncio.wait({future, exit_wait}, timeout=self.start_timeout,
+                                         return_when=asyncio.FIRST_COMPLETED)
+            if future not in done:
+                exit_wait.cancel()
+                if proc.returncode is not None:
+                    await asyncio.sleep(0.05)  # let stderr drain
+                    raise StdioStartError(f"stdio MCP server `{self.command}` exited with code {proc.returncode} "
+                                          f"before answering initialize{self._stderr_hint(current)}")
+                raise StdioStartError(f"stdio MCP server `{self.command}` did not answer initialize within "
+                                      f"{self.start_timeout:g}s{self._stderr_hint(current)}")
+            exit_wait.cancel()
+            response = future.result()
+            if "error" in response or not isinstance(response.get("result"), dict):
+                raise StdioStartError(f"stdio MCP server `{self.command}` refused initialize: "
+                                      f"{json.dumps(response.get('error'))}")
+            self.initialize_result = response["result"]
+            await self._write_raw(current, {"jsonrpc": "2.0", "method": "notifications/initialized"})
+        except BaseException:
+            self._pending.pop(init_id, None)
+            await self._terminate()
+            raise
+        self._pending.pop(init_id, None)
+        log.info("stdio MCP server `%s` ready (pid %s, protocol %s)", self.command, proc.pid, self.protocol_version)
+        self._ready.set()
+
+    def _stderr_hint(self, current: _Process) -> str:
+        tail = "\n".join(current.stderr_tail).strip()
+        return f"; its stderr ends with:\n{tail}" if tail else ""
+
+    async def _terminate(self) -> None:
+        current, self._current = self._current, None
+        self._ready.clear()
+        if current is None:
+            return
+        proc = current.proc
+        if proc.returncode is None:
+            try:
+                if proc.stdin:
+                    proc.stdin.close()
+                proc.terminate()
+                try:
+                    await asyncio.wait_for(proc.wait(), 3)
+                except TimeoutError:
+                    proc.kill()
+                    await proc.wait()
+            except ProcessLookupError:
+                pass
+        for task in current.tasks:
+            if task is not asyncio.current_task():
+                task.cancel()
+
+    async def _on_exit(self, current: _Process) -> None:
+        """The child's stdout closed: fail what is in flight, then restart with backoff."""
+        rc = await current.proc.wait()
+        if self._current is not current or self._closing:
+            return
+        self._current = None
+        self._ready.clear()
+        log.error("stdio MCP server `%s` (pid %s) exited with code %s", self.command, current.proc.pid, rc)
+        self._fail_pending(f"upstream stdio server `{self.command}` exited (code {rc}) while handling this "
+                           "request; the gateway is restarting it")
+        now = time.monotonic()
+        self._crashes.append(now)
+        while self._crashes and now - self._crashes[0] > self.restart_window:
+            self._crashes.popleft()
+        self._supervisor = asyncio.create_task(self._restart())
+
+    async def _restart(self) -> None:
+        if len(self._crashes) > self.max_restarts:
+            self._fatal(f"stdio MCP server `{self.command}` crashed {len(self._crashes)} times within "
+                        f"{self.restart_window:g}s; giving up")
+            return
+        last = ""
+        for attempt in range(self.max_restarts):
+            await asyncio.sleep(self.backoff * (2 ** attempt))
+            if self._closing:
+                return
+            try:
+                await self._spawn_and_initialize()
+                self.restarts += 1
+                return
+            except StdioStartError as exc:
+                last = str(exc)
+                log.error("restart %d/%d failed: %s", attempt + 1, self.max_restarts, last)
+        self._fatal(f"stdio MCP server `{self.command}` could not be restarted after {self.max_restarts} "
+                    f"attempts: {last}")
+
+    def _fatal(self, reason: str) -> None:
+        self.failed = reason
+        log.critical("%s", reason)
+        self._ready.set()  # wake waiters: they will see `failed`
+        if self.on_fatal is not None:
+            self.on_fatal(reason)
+
+    def _fail_pending(self, reason: str) -> None:
+        for pending in list(self._pending.values()):
+            if not pending.future.done():
+                pending.future.set_result(rpc.error(pending.original_id, rpc.INTERNAL_ERROR, reason))
+        self._pending.clear()
+        self._progress.clear()
+
+    async def _wait_ready(self) -> bool:
+        if self.failed is None and not self._ready.is_set():
+            try:
+                await asyncio.wait_for(self._ready.wait(), self.start_timeout * 2)
+            except TimeoutError:
+                return False
+        return self.failed is None and self._ready.is_set() and self._current is not None
+
+    def _unavailable_reason(self) -> str:
+        if self.failed:
+            return f"upstream stdio server unavailable: {self.failed}"
+        return f"upstream stdio server `{self.command}` is not running (restarting)"
+
+    def _forget(self, gw_id: str) -> None:
+        pending = self._pending.pop(gw_id, None)
+        if pending is not None and pending.gw_token is not None:
+            self._progress.pop(pending.gw_token, None)
+
+    # -- I/O -------------------------------------------------------------------------------
+    async def _write(self, message: rpc.Message) -> bool:
+        current = self._current
+        if current is None:
+            return False
+        return await self._write_raw(current, message)
+
+    async def _write_raw(self, current: _Process, message: rpc.Message) -> bool:
+        stdin = current.proc.stdin
+        if stdin is None or stdin.is_closing():
+            return False
+        async with self._write_lock:
+            try:
+                stdin.write(rpc.dumps(message) + b"\n")
+                await stdin.drain()
+            except (BrokenPipeError, ConnectionResetError, RuntimeError):
+                return False
+        return True
+
+    async def _pump_stderr(self, current: _Process) -> None:
+        assert current.proc.stderr is not None
+        while True:
+            try:
+                line = await current.proc.stderr.readline()
+            except ValueError:
+                continue
+            if not line:
+                return
+            text = line.decode(errors="replace").rstrip()
+            current.stderr_tail.append(text)
+            child_log.info("[%s] %s", current.proc.pid, text)
+
+    async def _read_stdout(self, current: _Process) -> None:
+        assert current.proc.stdout is not None
+        try:
+            while True:
+                try:
+                    line = await current.proc.stdout.readline()
+                except ValueError:
+                    log.error("stdio MCP server sent a line over %d bytes; killing it", STDOUT_LINE_LIMIT)
+                    current.proc.kill()
+                    break
+                if not line:
+                    break
+                if not line.strip():
+                    continue
+                try:
+                    message = json.loads(line)
+                except ValueError:
+                    log.warning("stdio MCP server wrote non-JSON to stdout (ignored): %.200r", line)
+                    continue
+                for item in message if isinstance(message, list) else [message]:
+                    if isinstance(item, dict):
+                        await self._dispatch(current, item)
+        finally:
+            if not self._closing:
+                asyncio.get_running_loop().create_task(self._on_exit(current))
+
+    async def _dispatch(self, current: _Process, message: rpc.Message) -> None:
+        if rpc.is_response(message):
+            pending = self._pending.get(str(message.get("id")))
+            if pending is not None and not pending.future.done():
+                pending.future.set_result(dict(message, id=pending.original_id))
+            return
+        if rpc.is_request(message):
+            # Server-to-client requests: the gateway declared no client capabilities (no roots,
+            # sampling or elicitation), so only ping is answered.
+            if message["method"] == "ping":
+                reply = {"jsonrpc": "2.0", "id": message["id"], "result": {}}
+            else:
+                reply = rpc.error(message["id"], rpc.METHOD_NOT_FOUND,
+                                  f"{message['method']} is not supported through the CBST gateway")
+            await self._write_raw(current, reply)
+            return
+        if not rpc.is_notification(message):
+            return
+        params = message.get("params") if isinstance(message.get("params"), dict) else {}
+        if message["method"] == "notifications/progress" and str(params.get("progressToken")) in self._progress:
+            gw_id = self._progress[str(params["progressToken"])]
+            pending = self._pending.get(gw_id)
+            if pending is not None and pending.on_event is not None:
+                event = dict(message, params=dict(params, progressToken=pending.progress_token))
+                try:
+                    await pending.on_event(event)
+                except Exception:  # noqa: BLE001 — a slow or gone client must not stall the child
+                    log.debug("progress delivery failed", exc_info=True)
+            return
+        if message["method"] == "notifications/cancelled":
+            return  # the child cancelling its own request to us: nothing in flight to stop
+        if self.on_notification is not None:
+            self.on_notification(message)
+
