@@ -1,0 +1,190 @@
+"""Helpers for the server-side SDK tests: a real IdP process and real protected MCP servers.
+
+* ``idp`` (session): ``idp serve`` on a free loopback port over a temporary SQLite database,
+  plus an in-process :class:`~idp.provider.Provider` on the same database to register clients,
+  revoke tokens and rotate keys the way the admin CLI does.
+* ``serve(app)``: runs an ASGI app under uvicorn on a free loopback port in a thread.
+* ``mcp_server`` (session): the example MCP server (official ``mcp`` SDK, streamable HTTP,
+  sessions, SSE responses) wrapped by ``CBSTMiddleware``; its audit events are collected.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import threading
+import time
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import uvicorn
+
+from idp.config import Settings
+from idp.provider import Provider
+from sdk.server import AuditEvent, CBSTMiddleware, ProtectionConfig
+
+# The suite's root conftest, loaded by path under its own name: ``from conftest import ...`` is
+# ambiguous once subdirectories have conftest files of their own.
+_root_spec = importlib.util.spec_from_file_location(
+    "cbst_root_conftest", Path(__file__).resolve().parent.parent / "conftest.py")
+assert _root_spec and _root_spec.loader
+root_conftest = importlib.util.module_from_spec(_root_spec)
+_root_spec.loader.exec_module(root_conftest)
+ROOT = root_conftest.ROOT
+ServerProcess = root_conftest.ServerProcess
+env_for = root_conftest.env_for
+free_port = root_conftest.free_port
+random_kek = root_conftest.random_kek
+
+_spec = importlib.util.spec_from_file_location("cbst_example_server", ROOT / "examples" / "server.py")
+assert _spec and _spec.loader
+example = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(example)
+
+
+
+
+@dataclass
+class IdP:
+    url: str
+    settings: Settings
+    provider: Provider
+    process: ServerProcess
+    _n: int = 0
+
+    def client(self, capabilities: str, audience: str | list[str]) -> tuple[str, str]:
+        """Register a client (client_secret_basic); (client_id, secret)."""
+        self._n += 1
+        audiences = [audience] if isinstance(audience, str) else audience
+        record, secret = self.provider.clients.add(f"t{self._n}-{time.monotonic_ns()}", capabilities=capabilities,
+                                                   audiences=audiences, auth_method="client_secret_basic")
+        assert secret is not None
+        return record.client_id, secret
+
+    def token(self, client: tuple[str, str], *, scope: str | None = None, resource: str | None = None) -> str:
+        form = {"grant_type": "client_credentials"}
+        if scope is not None:
+            form["scope"] = scope
+        if resource is not None:
+            form["resource"] = resource
+        resp = httpx.post(self.url + "/token", data=form, auth=client, timeout=10)
+        assert resp.status_code == 200, resp.text
+        return resp.json()["access_token"]
+
+    def new_token(self, capabilities: str, audience: str, **kw: Any) -> str:
+        return self.token(self.client(capabilities, audience), resource=audience, **kw)
+
+
+
+
+class Served:
+    def __init__(self, app: Any, port: int) -> None:
+        self.app = app
+        self.port = port
+        self.url = f"http://127.0.0.1:{port}"
+        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning",
+                                                    lifespan="on", access_log=False))
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+
+    def start(self) -> Served:
+        self.thread.start()
+        deadline = time.monotonic() + 20
+        while not self.server.started:
+            if not self.thread.is_alive() or time.monotonic() > deadline:
+                raise RuntimeError("uvicorn did not start")
+            time.sleep(0.02)
+        return self
+
+    def stop(self) -> None:
+        self.server.should_exit = True
+        self.thread.join(10)
+
+
+@contextlib.contextmanager
+def serve(app: Any, port: int | None = None) -> Iterator[Served]:
+    served = Served(app, port or free_port()).start()
+    try:
+        yield served
+    finally:
+        served.stop()
+
+
+@dataclass
+class MCPUnderTest:
+    url: str  # the MCP endpoint
+    base: str
+    resource: str
+    config: ProtectionConfig
+    middleware: CBSTMiddleware
+    events: list[AuditEvent] = field(default_factory=list)
+
+    def events_for(self, client_id: str) -> list[AuditEvent]:
+        return [e for e in self.events if e.client_id == client_id]
+
+
+@contextlib.contextmanager
+def protected_example(idp: IdP, *, stateless: bool = False, json_response: bool = False,
+                      **options: Any) -> Iterator[MCPUnderTest]:
+    port = free_port()
+    resource = f"http://127.0.0.1:{port}/mcp"
+    events: list[AuditEvent] = []
+    options.setdefault("audit", events.append)
+    config = ProtectionConfig(issuer=idp.url, resource=resource, **options)
+    app = example.create_app(config, stateless=stateless, json_response=json_response)
+    with serve(app, port) as served:
+        yield MCPUnderTest(resource, served.url, resource, config, app, events)
+
+
+
+
+@contextlib.asynccontextmanager
+async def mcp_client(url: str, token: str | None, *, mode: str = "auto") -> AsyncIterator[Any]:
+    """The official MCP Python client (mcp 2.3) over streamable HTTP with a bearer token."""
+    import httpx2
+    from mcp import Client
+    from mcp.client.streamable_http import streamable_http_client
+
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    async with httpx2.AsyncClient(headers=headers, timeout=httpx2.Timeout(30, read=60)) as http:
+        async with Client(streamable_http_client(url, http_client=http), mode=mode, cache=None) as client:
+            yield client
+
+
+def rpc(method: str, params: dict[str, Any] | None = None, id: Any = 1) -> dict[str, Any]:
+    msg: dict[str, Any] = {"jsonrpc": "2.0", "id": id, "method": method}
+    if params is not None:
+        msg["params"] = params
+    return msg
+
+
+MODERN = "2026-07-28"
+
+
+def modern_meta() -> dict[str, Any]:
+    return {"io.modelcontextprotocol/protocolVersion": MODERN,
+            "io.modelcontextprotocol/clientCapabilities": {}}
+
+
+def modern_headers(method: str, name: str | None = None, token: str | None = None) -> dict[str, str]:
+    h = {"Content-Type": "application/json", "Accept": "application/json, text/event-stream",
+         "MCP-Protocol-Version": MODERN, "Mcp-Method": method}
+    if name is not None:
+        h["Mcp-Name"] = name
+    if token:
+        h["Authorization"] = f"Bearer {token}"
+    return h
+
+
+def legacy_headers(token: str | None = None, session: str | None = None) -> dict[str, str]:
+    h = {"Content-Type": "application/json", "Accept": "application/json, text/event-stream"}
+    if token:
+        h["Authorization"] = f"Bearer {token}"
+    if session:
+        h["Mcp-Session-Id"] = session
+    return h
+
+
