@@ -188,3 +188,38 @@ def legacy_headers(token: str | None = None, session: str | None = None) -> dict
     return h
 
 
+
+
+# --- forging tokens for attack tests -----------------------------------------------------------
+
+def sign_raw(key: Any, header: dict[str, Any], claims: dict[str, Any]) -> str:
+    """A compact JWS with exactly ``header``, signed by ``key`` (an sdk.jws.PrivateKey)."""
+    import json
+
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
+
+    from sdk.jws import b64url_encode
+
+    def enc(obj: Any) -> str:
+        return b64url_encode(json.dumps(obj, separators=(",", ":")).encode())
+
+    signing_input = (enc(header) + "." + enc(claims)).encode()
+    if key.alg == "ES256":
+        r, s = decode_dss_signature(key.key.sign(signing_input, ec.ECDSA(hashes.SHA256())))
+        sig = r.to_bytes(32, "big") + s.to_bytes(32, "big")
+    else:
+        sig = key.key.sign(signing_input)
+    return signing_input.decode() + "." + b64url_encode(sig)
+
+
+def claims_for(idp: IdP, audience: str, *, scope: str = "tools/call:echo", ttl: int = 300,
+               **extra: Any) -> dict[str, Any]:
+    import secrets
+
+    now = int(time.time())
+    claims = {"iss": idp.url, "sub": "forger", "aud": audience, "client_id": "forger", "iat": now,
+              "exp": now + ttl, "jti": secrets.token_urlsafe(12), "scope": scope}
+    claims.update(extra)
+    return {k: v for k, v in claims.items() if v is not None}
