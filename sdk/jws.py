@@ -230,7 +230,7 @@ def split(token: str) -> tuple[dict[str, Any], bytes, bytes, bytes]:
     h64, p64, s64 = parts
     try:
         header = json.loads(b64url_decode(h64))
-    except (UnicodeDecodeError, ValueError) as exc:
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:  # json raises RecursionError on deep nesting
         raise MalformedToken("token header is not JSON") from exc
     if not isinstance(header, dict):
         raise MalformedToken("token header is not a JSON object")
@@ -275,7 +275,7 @@ def verify(
     key.verify(signature, signing_input)
     try:
         claims = json.loads(payload)
-    except (UnicodeDecodeError, ValueError) as exc:
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
         raise MalformedToken("token payload is not JSON") from exc
     if not isinstance(claims, dict):
         raise MalformedToken("token payload is not a JSON object")

@@ -130,7 +130,7 @@ def _authenticate_assertion(form: Form, registry: ClientRegistry, replay: Assert
     try:
         unverified = json.loads(b64url_decode(assertion.split(".")[1]))
         issuer = unverified["iss"] if isinstance(unverified, dict) else None
-    except (JWSError, ValueError, KeyError, UnicodeDecodeError):
+    except (JWSError, ValueError, KeyError, UnicodeDecodeError, RecursionError):  # deep nesting: RecursionError
         raise InvalidClient("malformed client assertion") from None
     if not isinstance(issuer, str) or form.get("client_id") not in (None, issuer):
         raise InvalidClient("client assertion iss must be the client_id")
