@@ -324,6 +324,8 @@ def filter_result(scope: CapabilitySet, list_method: str, result: Any) -> Any:
     if not isinstance(items, list):
         return result
     out = dict(result)
+    if "cacheScope" in out:  # 2026-07-28 caching hint: a filtered list is per token, never shared
+        out["cacheScope"] = "private"
     dicts = [i for i in items if isinstance(i, dict) and isinstance(i.get(key), str)]
     if member == "resourceTemplates":
         out[member] = [i for i in dicts if _template_allowed(scope, i[key])]

@@ -41,12 +41,14 @@ def idp(tmp_path_factory: pytest.TempPathFactory) -> Iterator[IdP]:
 @pytest.fixture(scope="session")
 def mcp_server(idp: IdP) -> Iterator[MCPUnderTest]:
     """Stateful (sessions), SSE responses; generous rate limit so other tests are not throttled."""
-    with protected_example(idp, tool_rate=1000.0, scopes_supported=["tools/call:echo"]) as srv:
+    with protected_example(idp, tool_rate=1000.0, scopes_supported=["tools/call:echo"],
+                           jwks_min_refetch_interval=0.5) as srv:
         yield srv
 
 
 @pytest.fixture(scope="session")
 def mcp_json_server(idp: IdP) -> Iterator[MCPUnderTest]:
     """Stateless, JSON responses."""
-    with protected_example(idp, stateless=True, json_response=True, tool_rate=1000.0) as srv:
+    with protected_example(idp, stateless=True, json_response=True, tool_rate=1000.0,
+                           jwks_min_refetch_interval=0.5) as srv:
         yield srv

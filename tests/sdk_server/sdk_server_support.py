@@ -223,3 +223,75 @@ def claims_for(idp: IdP, audience: str, *, scope: str = "tools/call:echo", ttl: 
               "exp": now + ttl, "jti": secrets.token_urlsafe(12), "scope": scope}
     claims.update(extra)
     return {k: v for k, v in claims.items() if v is not None}
+
+
+# --- a tiny JSON-RPC app that supports batches, for middleware tests where the official server
+# --- adds nothing (it refuses batches) --------------------------------------------------------
+
+class RecordingApp:
+    """Answers every JSON-RPC request; ``*/list`` with a fixed catalogue. Records what it saw."""
+
+    TOOLS = ["echo", "delete-file", "git-log", "git-push"]
+    RESOURCES = ["file:///docs/a.md", "file:///docs/sub/b.md", "file:///etc/passwd"]
+
+    def __init__(self, *, sse: bool = False) -> None:
+        self.sse = sse
+        self.seen: list[dict[str, Any]] = []
+
+    def _answer(self, msg: dict[str, Any]) -> dict[str, Any] | None:
+        if "id" not in msg:
+            return None
+        method = msg.get("method")
+        if method == "tools/list":
+            result: dict[str, Any] = {"tools": [{"name": n, "inputSchema": {"type": "object"}} for n in self.TOOLS],
+                                      "cacheScope": "public"}
+        elif method == "resources/list":
+            result = {"resources": [{"uri": u, "name": u} for u in self.RESOURCES]}
+        elif method == "resources/templates/list":
+            result = {"resourceTemplates": [{"uriTemplate": "file:///docs/{name}", "name": "d"},
+                                            {"uriTemplate": "file:///etc/{name}", "name": "e"}]}
+        elif method == "prompts/list":
+            result = {"prompts": [{"name": "summarize"}, {"name": "secret"}]}
+        else:
+            result = {"echo": method}
+        return {"jsonrpc": "2.0", "id": msg["id"], "result": result}
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        import json
+
+        if scope["type"] != "http":
+            return
+        body = b""
+        while True:
+            m = await receive()
+            body += m.get("body", b"")
+            if not m.get("more_body"):
+                break
+        self.seen.append({"scope": scope, "body": body})
+        data = json.loads(body) if body else None
+        if isinstance(data, list):
+            answer: Any = [a for a in (self._answer(x) for x in data) if a is not None]
+        elif isinstance(data, dict):
+            answer = self._answer(data)
+        else:
+            answer = {"ok": True}
+        if answer is None or answer == []:
+            await send({"type": "http.response.start", "status": 202, "headers": []})
+            await send({"type": "http.response.body", "body": b""})
+            return
+        payload = json.dumps(answer).encode()
+        if self.sse:
+            await send({"type": "http.response.start", "status": 200,
+                        "headers": [(b"content-type", b"text/event-stream")]})
+            # a notification first, then the answer split across chunks at awkward places
+            note = b'event: message\r\ndata: {"jsonrpc":"2.0","method":"notifications/progress","params":{}}\r\n\r\n'
+            event = b"event: message\r\nid: 7\r\ndata: " + payload + b"\r\n\r\n"
+            stream = note + event
+            for i in range(0, len(stream), 37):
+                await send({"type": "http.response.body", "body": stream[i:i + 37], "more_body": True})
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
+            return
+        await send({"type": "http.response.start", "status": 200,
+                    "headers": [(b"content-type", b"application/json"),
+                                (b"content-length", str(len(payload)).encode())]})
+        await send({"type": "http.response.body", "body": payload})
