@@ -47,6 +47,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="stdio: seconds the server gets to answer initialize (default 30)")
     p.add_argument("--max-restarts", type=int, default=5,
                    help="stdio: crashes tolerated per minute before the gateway gives up (default 5)")
+    p.add_argument("--tool-rate", type=float, default=3.0,
+                   help="tool calls per second per client (token bucket; 0 disables; default 3)")
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     p.add_argument("--no-auth", action="store_true",
                    help="development only: no token checks at all; refused unless --host is loopback")
@@ -89,6 +91,16 @@ async def serve(args: argparse.Namespace) -> int:
         if server is not None:
             server.should_exit = True
 
+    config = None
+    if not args.no_auth:
+        from sdk.server import ProtectionConfig
+
+        try:  # validated before anything starts
+            config = ProtectionConfig(issuer=args.issuer, resource=args.resource, mcp_path=path,
+                                      tool_rate=args.tool_rate or None)
+        except ValueError as exc:
+            print(f"cbst-gateway: error: {exc}", file=sys.stderr, flush=True)
+            return 2
     inner: HTTPUpstreamProxy | StdioBridge
     if args.upstream:
         inner = HTTPUpstreamProxy(args.upstream, path=path, timeout=args.timeout)
@@ -101,7 +113,12 @@ async def serve(args: argparse.Namespace) -> int:
             print(f"cbst-gateway: error: {exc}", file=sys.stderr, flush=True)
             return 1
     try:
-        app = inner if args.no_auth else protect(inner, issuer=args.issuer, resource=args.resource, path=path)
+        if config is None:
+            app: Any = inner
+        else:
+            from sdk.server import CBSTMiddleware
+
+            app = CBSTMiddleware(inner, config)
         config = uvicorn.Config(app, host=args.host, port=args.port, log_level=args.log_level,
                                 lifespan="auto", access_log=args.log_level == "debug")
         server = uvicorn.Server(config)
@@ -126,6 +143,8 @@ def main(argv: list[str] | None = None) -> None:
             parser.error(f"--{name} must be an http(s) URL")
     if args.upstream and urlsplit(args.upstream).scheme not in ("http", "https"):
         parser.error("--upstream must be an http(s) URL")
+    if args.tool_rate < 0:
+        parser.error("--tool-rate must be >= 0")
     logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if not args.no_auth:

@@ -52,6 +52,8 @@ class _Process:
     proc: asyncio.subprocess.Process
     started: float
     tasks: list[asyncio.Task[Any]] = field(default_factory=list)
+    ready: bool = False  # initialised; before that an exit is the starter's to report
+    exited: asyncio.Event = field(default_factory=asyncio.Event)
     stderr_tail: collections.deque[str] = field(default_factory=lambda: collections.deque(maxlen=20))
 
 
@@ -178,24 +180,29 @@ class StdioChild:
                 "jsonrpc": "2.0", "id": init_id, "method": "initialize",
                 "params": {"protocolVersion": rpc.LATEST_HANDSHAKE_VERSION, "capabilities": {},
                            "clientInfo": self.client_info}})
-            exit_wait = asyncio.ensure_future(proc.wait())
-            done, _ = await asyncio.wait({future, exit_wait}, timeout=self.start_timeout,
-                                         return_when=asyncio.FIRST_COMPLETED)
-            if future not in done:
+            exit_wait = asyncio.ensure_future(current.exited.wait())
+            try:
+                done, _ = await asyncio.wait({future, exit_wait}, timeout=self.start_timeout,
+                                             return_when=asyncio.FIRST_COMPLETED)
+            finally:
                 exit_wait.cancel()
-                if proc.returncode is not None:
+            if future not in done:
+                if current.exited.is_set():
                     await asyncio.sleep(0.05)  # let stderr drain
                     raise StdioStartError(f"stdio MCP server `{self.command}` exited with code {proc.returncode} "
                                           f"before answering initialize{self._stderr_hint(current)}")
                 raise StdioStartError(f"stdio MCP server `{self.command}` did not answer initialize within "
                                       f"{self.start_timeout:g}s{self._stderr_hint(current)}")
-            exit_wait.cancel()
             response = future.result()
             if "error" in response or not isinstance(response.get("result"), dict):
                 raise StdioStartError(f"stdio MCP server `{self.command}` refused initialize: "
                                       f"{json.dumps(response.get('error'))}")
             self.initialize_result = response["result"]
             await self._write_raw(current, {"jsonrpc": "2.0", "method": "notifications/initialized"})
+            if current.exited.is_set():
+                raise StdioStartError(f"stdio MCP server `{self.command}` exited with code {proc.returncode} "
+                                      f"right after initialize{self._stderr_hint(current)}")
+            current.ready = True  # no await between the check above and here: _on_exit sees one or the other
         except BaseException:
             self._pending.pop(init_id, None)
             await self._terminate()
@@ -233,7 +240,8 @@ class StdioChild:
     async def _on_exit(self, current: _Process) -> None:
         """The child's stdout closed: fail what is in flight, then restart with backoff."""
         rc = await current.proc.wait()
-        if self._current is not current or self._closing:
+        current.exited.set()
+        if self._current is not current or self._closing or not current.ready:
             return
         self._current = None
         self._ready.clear()

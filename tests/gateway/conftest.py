@@ -6,6 +6,7 @@ Everything listens on 127.0.0.1 on free ports and is stopped by the fixture that
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import shutil
 import subprocess
@@ -19,7 +20,17 @@ from typing import Any
 import httpx
 import pytest
 
-from conftest import free_port  # tests/conftest.py
+from idp.config import Settings
+from idp.provider import Provider
+
+# The suite's root conftest, loaded by path under its own name (``from conftest import`` is
+# ambiguous once several test directories have a conftest.py).
+_root_spec = importlib.util.spec_from_file_location(
+    "cbst_gateway_root_conftest", Path(__file__).resolve().parent.parent / "conftest.py")
+assert _root_spec and _root_spec.loader
+root_conftest = importlib.util.module_from_spec(_root_spec)
+_root_spec.loader.exec_module(root_conftest)
+free_port = root_conftest.free_port
 
 HERE = Path(__file__).resolve().parent
 NPM_DIR = HERE / "npm"
@@ -171,3 +182,57 @@ def gateway_process(tmp_path: Path) -> Iterator[Callable[..., GatewayProcess]]:
     yield start
     for gw in started:
         gw.stop()
+
+
+# -- a real IdP ----------------------------------------------------------------------------------
+
+class IdP:
+    """``idp serve`` on a free port plus an in-process Provider on the same database."""
+
+    def __init__(self, url: str, provider: Provider, process: Any) -> None:
+        self.url, self.provider, self.process = url, provider, process
+        self._n = 0
+
+    def token(self, capabilities: str, resource: str) -> str:
+        """Register a client allowed ``capabilities`` for ``resource``; a token for exactly those."""
+        self._n += 1
+        record, secret = self.provider.clients.add(f"gw-{self._n}-{time.monotonic_ns()}", capabilities=capabilities,
+                                                   audiences=[resource], auth_method="client_secret_basic")
+        assert secret is not None
+        resp = httpx.post(self.url + "/token", auth=(record.client_id, secret), timeout=10,
+                          data={"grant_type": "client_credentials", "scope": capabilities, "resource": resource})
+        assert resp.status_code == 200, resp.text
+        return str(resp.json()["access_token"])
+
+
+@pytest.fixture(scope="session")
+def idp(tmp_path_factory: pytest.TempPathFactory) -> Iterator[IdP]:
+    base = tmp_path_factory.mktemp("gateway-idp")
+    port = free_port()
+    settings = Settings(issuer=f"http://127.0.0.1:{port}", database_url=f"sqlite:///{base / 'idp.db'}",
+                        keys_dir=base / "keys", keystore_kek=root_conftest.random_kek(), log_json=True)
+    provider = Provider.open(settings)  # migrates and creates the signing key before the server starts
+    process = root_conftest.ServerProcess(root_conftest.env_for(settings), port)
+    try:
+        yield IdP(process.url, provider, process)
+    finally:
+        process.stop()
+        provider.close()
+
+
+def mcp_client(url: str, token: str | None, *, mode: str = "legacy") -> Any:
+    """The official MCP Python client (mcp 2.x) over streamable HTTP with a bearer token."""
+    import contextlib
+
+    import httpx2
+    from mcp import Client
+    from mcp.client.streamable_http import streamable_http_client
+
+    @contextlib.asynccontextmanager
+    async def connect() -> Any:
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        async with httpx2.AsyncClient(headers=headers, timeout=httpx2.Timeout(30, read=60)) as http:
+            async with Client(streamable_http_client(url, http_client=http), mode=mode, cache=None) as client:
+                yield client
+
+    return connect()
