@@ -10,15 +10,19 @@ from __future__ import annotations
 import base64
 import json
 import secrets
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
-from conftest import ServerProcess, env_for, free_port, random_kek, run_cli  # tests/conftest.py
+from idp_testing import ServerProcess, env_for, free_port, random_kek, run_cli
 from idp.config import Settings
 from idp.provider import Provider
 
@@ -123,3 +127,51 @@ def wait_for() -> Any:
 
     return wait
 
+
+
+# --- the protected MCP server --------------------------------------------------------------------
+
+HERE = Path(__file__).resolve().parent
+#: How often the interop server refetches the IdP's revocation list (ProtectionConfig
+#: ``revocation_poll_interval``); a revoked token must stop working within this, plus one fetch.
+REVOCATION_POLL = 1.0
+
+
+@dataclass
+class McpServer:
+    url: str  # the MCP endpoint, also the resource URI (RFC 8707 audience)
+    proc: subprocess.Popen[bytes]
+    log: Path
+
+
+@pytest.fixture(scope="session")
+def mcp_server(idp: IdP, tmp_path_factory: pytest.TempPathFactory) -> Iterator[McpServer]:
+    """``server_app.py`` (official mcp SDK + CBSTMiddleware) under uvicorn on a free port."""
+    port = free_port()
+    log = tmp_path_factory.mktemp("mcp") / "server.log"
+    with open(log, "wb") as fh:
+        proc = subprocess.Popen(
+            [sys.executable, str(HERE / "server_app.py"), "--issuer", idp.url, "--port", str(port),
+             "--revocation-poll", str(REVOCATION_POLL)], stdout=fh, stderr=subprocess.STDOUT)
+    server = McpServer(f"http://127.0.0.1:{port}/mcp", proc, log)
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            if proc.poll() is not None:
+                raise RuntimeError(f"MCP server exited early:\n{log.read_text()}")
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/.well-known/oauth-protected-resource/mcp", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"MCP server did not become ready:\n{log.read_text()}")
+            time.sleep(0.1)
+        yield server
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)
