@@ -102,6 +102,7 @@ class IssuerClient:
         self._revoked_fresh_until = float("-inf")
         self._revoked_ok_at: float | None = None
         self._revocation_supported: bool | None = None
+        self._closed: str | None = None  # why tokens are refused (fail closed), if they are
         #: Counters for tests and operators.
         self.stats = {"metadata_fetches": 0, "jwks_fetches": 0, "revocation_fetches": 0,
                       "unknown_kid_refetches": 0, "unknown_kid_throttled": 0}
@@ -266,20 +267,25 @@ class IssuerClient:
         than ``revocation_fail_closed_after`` (or never).
         """
         if self._clock() < self._revoked_fresh_until:
+            if self._closed is not None:
+                raise IssuerUnavailable(self._closed)
             return
         async with self._lock_revoked:
             if self._clock() < self._revoked_fresh_until:
+                if self._closed is not None:
+                    raise IssuerUnavailable(self._closed)
                 return
             try:
                 await self._refresh_revoked()
-            except IssuerUnavailable:
+                self._closed = None
+            except IssuerUnavailable as exc:
                 now = self._clock()
+                self._revoked_fresh_until = now + min(self._poll, 1.0)  # retry back-off
                 if self._fail_closed_after is not None and (
                     self._revoked_ok_at is None or now - self._revoked_ok_at > self._fail_closed_after
                 ):
-                    self._revoked_fresh_until = now + min(1.0, self._poll)
-                    raise
-                self._revoked_fresh_until = now + min(self._poll, 1.0)
+                    self._closed = f"revocation list unavailable: {exc}"
+                    raise IssuerUnavailable(self._closed) from None
 
     async def _refresh_revoked(self) -> None:
         meta = await self.metadata()
