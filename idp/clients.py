@@ -197,7 +197,9 @@ class ClientRegistry:
 
     def get(self, client_id: str) -> ClientRecord | None:
         """Look up by client_id (the token endpoint's hot path)."""
-        if not isinstance(client_id, str) or not client_id or len(client_id) > 64:
+        # PostgreSQL refuses text containing NUL with an error: such an id (from Basic credentials
+        # or an assertion's iss) names no client and must not become a server error.
+        if not isinstance(client_id, str) or not client_id or len(client_id) > 64 or "\x00" in client_id:
             return None
         row = self._by_id.first(client_id=client_id)
         return self._record(SimpleNamespace(**row)) if row else None
