@@ -51,7 +51,8 @@ def check(resp: Any) -> None:
 
 # --- strategies ---------------------------------------------------------------------------------
 
-text = st.text(st.characters(exclude_categories=("Cs",)), max_size=80)
+text = st.one_of(st.text(st.characters(exclude_categories=("Cs",)), max_size=80),
+                 st.text(st.sampled_from("\x00\x7f\u00ff\u2028\ufeff%:+ .\\\"'"), max_size=8))
 names = st.one_of(st.sampled_from(PARAMS), text)
 values = st.one_of(text, st.sampled_from(["client_credentials", JWT_BEARER, AUDIENCE, "tools/call:*", "a.b.c", ""]),
                    st.text(alphabet="%0123456789abcdefABCDEF+&=;", max_size=40))
@@ -180,3 +181,26 @@ def test_deeply_nested_json_in_a_jwt_is_refused_not_5xx(env: Env, targets: dict[
                                  headers={"Authorization": basic(targets["secret_client"].client_id, targets["secret"])})
             check(resp)
             assert resp.status_code == 200
+
+
+@pytest.mark.parametrize("raw", ["a\x00b:secret", "a%00b:secret", "\x00:\x00", "%00:x"])
+def test_nul_in_basic_client_id_is_invalid_client_not_5xx(env: Env, raw: str) -> None:
+    """PostgreSQL refuses text with NUL; the lookup must not turn that into a server error."""
+    before = env.counts()
+    header = "Basic " + base64.b64encode(raw.encode()).decode()
+    for path in ENDPOINTS:
+        resp = env.http.post(path, data={"grant_type": "client_credentials", "token": "x"}, headers={"Authorization": header})
+        check(resp)
+        assert resp.status_code == 401 and resp.json()["error"] == "invalid_client"
+    assert env.counts() == before
+
+
+def test_nul_in_client_assertion_iss_is_invalid_client_not_5xx(env: Env) -> None:
+    before = env.counts()
+    for iss in ("a\x00b", "\x00"):
+        assertion = f"{_segment({'alg': 'ES256', 'kid': 'k'})}.{_segment({'iss': iss, 'sub': iss, 'aud': ISSUER})}.AAAA"
+        resp = env.http.post("/token", data={"grant_type": "client_credentials", "client_assertion_type": JWT_BEARER,
+                                             "client_assertion": assertion})
+        check(resp)
+        assert resp.status_code == 401 and resp.json()["error"] == "invalid_client"
+    assert env.counts() == before
