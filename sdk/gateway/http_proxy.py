@@ -88,7 +88,7 @@ class HTTPUpstreamProxy:
             return
         if scope["type"] != "http":
             return
-        if scope["path"].rstrip("/") != self.path.rstrip("/") and scope["path"] != self.path:
+        if scope["path"].rstrip("/") != self.path.rstrip("/"):
             await rpc.send_json(send, 404, rpc.error(None, rpc.INVALID_REQUEST, f"no MCP endpoint at {scope['path']}"))
             return
         method = scope["method"]
@@ -152,6 +152,13 @@ class HTTPUpstreamProxy:
             detail = await self._error_detail(response)
             await rpc.send_errors(send, 502, ids, rpc.INTERNAL_ERROR,
                                   f"upstream MCP server {self.upstream} answered HTTP {status}{detail}")
+            return
+        if status in (401, 403):
+            # The upstream wants credentials of its own. The client's token is for the gateway and
+            # is never passed through, so relaying this would mislead the client about its token.
+            await rpc.send_errors(send, 502, ids, rpc.INTERNAL_ERROR,
+                                  f"upstream MCP server {self.upstream} refused the gateway (HTTP {status}); "
+                                  "it requires authorization of its own, and client tokens are never passed through")
             return
         if ctype == "text/event-stream" and 200 <= status < 300:
             await self._stream_sse(response, receive, send, headers, ids)

@@ -22,6 +22,7 @@ import asyncio
 import logging
 import secrets
 import shlex
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -43,6 +44,8 @@ class _Session:
     id: str
     inflight: dict[Any, str] = field(default_factory=dict)  # client request id -> gateway id
     stream: asyncio.Queue[rpc.Message | None] | None = None  # the open GET stream, if any
+    subscriptions: set[str] = field(default_factory=set)  # resource URIs (resources/subscribe)
+    last_seen: float = field(default_factory=time.monotonic)
 
 
 class StdioBridge:
@@ -50,7 +53,8 @@ class StdioBridge:
 
     def __init__(self, command: str | list[str], *, path: str = "/mcp", request_timeout: float = 300.0,
                  start_timeout: float = 30.0, max_restarts: int = 5, restart_window: float = 60.0,
-                 backoff: float = 0.25, max_sessions: int = 10_000, max_request_body: int = 4 * 1024 * 1024,
+                 backoff: float = 0.25, max_sessions: int = 10_000, session_idle_timeout: float = 3600.0,
+                 max_request_body: int = 4 * 1024 * 1024,
                  on_fatal: Callable[[str], None] | None = None) -> None:
         argv = shlex.split(command) if isinstance(command, str) else list(command)
         if not argv:
@@ -59,12 +63,14 @@ class StdioBridge:
             raise ValueError(f"path must start with '/', got {path!r}")
         self.path = path
         self.max_sessions = max_sessions
+        self.session_idle_timeout = session_idle_timeout
         self.max_request_body = max_request_body
         self.child = StdioChild(argv, start_timeout=start_timeout, request_timeout=request_timeout,
                                 max_restarts=max_restarts, restart_window=restart_window, backoff=backoff,
                                 on_notification=self._broadcast, on_fatal=on_fatal)
         self.sessions: dict[str, _Session] = {}
         self._started = False
+        self._background: set[asyncio.Task[Any]] = set()
 
     # -- lifecycle -----------------------------------------------------------------------
     async def start(self) -> None:
@@ -74,6 +80,8 @@ class StdioBridge:
             self._started = True
 
     async def aclose(self) -> None:
+        for task in list(self._background):
+            task.cancel()
         for session in self.sessions.values():
             _close_stream(session)
         self.sessions.clear()
@@ -124,6 +132,7 @@ class StdioBridge:
         session = self.sessions.get(sid)
         if session is None:
             return None, 404, "Session not found"
+        session.last_seen = time.monotonic()
         return session, 200, ""
 
     async def _post(self, headers: dict[str, str], receive: Receive, send: Send) -> None:
@@ -181,6 +190,7 @@ class StdioBridge:
             await self._answer_json(session, requests, batch, send)
 
     async def _initialize(self, message: rpc.Message, send: Send) -> None:
+        self._expire_idle_sessions()
         if len(self.sessions) >= self.max_sessions:
             await rpc.send_json(send, 503, rpc.error(message["id"], rpc.INTERNAL_ERROR, "too many sessions"))
             return
@@ -208,12 +218,45 @@ class StdioBridge:
 
     async def _call(self, session: _Session, message: rpc.Message,
                     on_event: Callable[[rpc.Message], Any] | None) -> rpc.Message:
+        method = message["method"]
+        uri = _uri_param(message)
+        if method == "resources/unsubscribe" and uri is not None:
+            session.subscriptions.discard(uri)
+            if self._subscribed(uri):  # another session still wants updates: keep the child's subscription
+                return {"jsonrpc": "2.0", "id": message["id"], "result": {}}
         gw_id = self.child.next_id()
         session.inflight[message["id"]] = gw_id
         try:
-            return await self.child.request(message, gw_id, on_event)
+            response = await self.child.request(message, gw_id, on_event)
         finally:
             session.inflight.pop(message["id"], None)
+        if method == "resources/subscribe" and uri is not None and "result" in response:
+            session.subscriptions.add(uri)
+        return response
+
+    def _subscribed(self, uri: str) -> bool:
+        return any(uri in s.subscriptions for s in self.sessions.values())
+
+    def _end_session(self, session: _Session) -> None:
+        self.sessions.pop(session.id, None)
+        _close_stream(session)
+        for uri in session.subscriptions:
+            if not self._subscribed(uri):
+                self._spawn(self.child.request({"jsonrpc": "2.0", "id": 0, "method": "resources/unsubscribe",
+                                                "params": {"uri": uri}}))
+        session.subscriptions.clear()
+
+    def _expire_idle_sessions(self) -> None:
+        cutoff = time.monotonic() - self.session_idle_timeout
+        for session in list(self.sessions.values()):
+            if session.last_seen < cutoff and session.stream is None and not session.inflight:
+                log.info("session %s… idle for over %gs: expired", session.id[:8], self.session_idle_timeout)
+                self._end_session(session)
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
 
     async def _answer_json(self, session: _Session, requests: list[rpc.Message], batch: bool, send: Send) -> None:
         responses = await asyncio.gather(*(self._call(session, m, None) for m in requests))
@@ -295,13 +338,17 @@ class StdioBridge:
         if session is None:
             await rpc.send_json(send, status, rpc.error(None, rpc.INVALID_REQUEST, reason))
             return
-        self.sessions.pop(session.id, None)
-        _close_stream(session)
+        self._end_session(session)
         await send({"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"0")]})
         await send({"type": "http.response.body", "body": b""})
 
     def _broadcast(self, message: rpc.Message) -> None:
+        """A child notification outside any request: resource updates to the sessions subscribed
+        to that URI, everything else (list changes, log messages) to every open GET stream."""
+        uri = _uri_param(message) if message["method"] == "notifications/resources/updated" else None
         for session in self.sessions.values():
+            if uri is not None and uri not in session.subscriptions:
+                continue
             if session.stream is not None:
                 try:
                     session.stream.put_nowait(message)
@@ -325,3 +372,9 @@ def _close_stream(session: _Session) -> None:
                 return
             except asyncio.QueueFull:
                 session.stream.get_nowait()  # drop the oldest: the stream is closing anyway
+
+
+def _uri_param(message: rpc.Message) -> str | None:
+    params = message.get("params")
+    uri = params.get("uri") if isinstance(params, dict) else None
+    return uri if isinstance(uri, str) else None

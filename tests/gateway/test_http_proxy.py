@@ -101,6 +101,25 @@ def test_protocol_answers_from_the_upstream_are_relayed(proxy: str) -> None:
     assert httpx.post(proxy.replace("/mcp", "/elsewhere"), json=INIT, headers=ACCEPT).status_code == 404
 
 
+def test_a_closed_get_stream_is_closed_upstream(proxy: str) -> None:
+    """The upstream allows one GET stream per session (409 for a second): if the proxy kept the
+    upstream stream after its client left, the client could never listen again."""
+    r = httpx.post(proxy, json=INIT, headers=ACCEPT)
+    sid = r.headers["mcp-session-id"]
+    headers = {"accept": "text/event-stream", "mcp-session-id": sid, "mcp-protocol-version": "2025-06-18"}
+    httpx.post(proxy, json={"jsonrpc": "2.0", "method": "notifications/initialized"}, headers={**ACCEPT, **headers})
+    with httpx.stream("GET", proxy, headers=headers, timeout=5) as first:
+        assert first.status_code == 200
+    deadline = time.monotonic() + 5
+    while True:
+        with httpx.stream("GET", proxy, headers=headers, timeout=5) as again:
+            if again.status_code == 200:
+                break
+            assert again.status_code == 409 and time.monotonic() < deadline
+        time.sleep(0.1)
+    httpx.delete(proxy, headers={"mcp-session-id": sid})
+
+
 # -- upstream failures -------------------------------------------------------------------------
 
 async def _hang(scope: Any, receive: Any, send: Any) -> None:
@@ -148,14 +167,17 @@ def _assert_gateway_error(r: httpx.Response, upstream: str, status: int, words: 
     assert upstream in body["error"]["message"] and words in body["error"]["message"], body
 
 
-@pytest.mark.parametrize("case", ["refused", "timeout", "http-500", "garbage-json", "wrong-content-type"])
+@pytest.mark.parametrize("case", ["refused", "timeout", "http-500", "garbage-json", "wrong-content-type",
+                                  "upstream-wants-its-own-auth"])
 def test_upstream_failure_is_a_clear_jsonrpc_error(case: str) -> None:
     apps = {"timeout": _hang, "http-500": _fixed(500, "text/plain", b"Traceback (most recent call last): ..."),
             "garbage-json": _fixed(200, "application/json", b"{not json"),
-            "wrong-content-type": _fixed(200, "text/html", b"<html></html>")}
+            "wrong-content-type": _fixed(200, "text/html", b"<html></html>"),
+            "upstream-wants-its-own-auth": _fixed(401, "application/json", b'{"error": "invalid_token"}')}
     expect = {"refused": (502, "unreachable"), "timeout": (504, "did not answer within 1s"),
               "http-500": (502, "answered HTTP 500"), "garbage-json": (502, "not JSON-RPC"),
-              "wrong-content-type": (502, "not JSON-RPC")}
+              "wrong-content-type": (502, "not JSON-RPC"),
+              "upstream-wants-its-own-auth": (502, "refused the gateway (HTTP 401)")}
     status, words = expect[case]
 
     def check(upstream: str) -> None:
