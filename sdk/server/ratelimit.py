@@ -62,8 +62,8 @@ class ToolRateLimiter:
             self._buckets.move_to_end(key)
             bucket[0] = min(burst, bucket[0] + (now - bucket[1]) * rate)
             bucket[1] = now
-        if bucket[0] >= 1.0:
-            bucket[0] -= 1.0
+        if bucket[0] >= 1.0 - 1e-9:  # float rounding of the refill
+            bucket[0] = max(0.0, bucket[0] - 1.0)
             return 0.0
         return (1.0 - bucket[0]) / rate
 
