@@ -197,9 +197,9 @@ class ClientRegistry:
 
     def get(self, client_id: str) -> ClientRecord | None:
         """Look up by client_id (the token endpoint's hot path)."""
-        # PostgreSQL refuses text containing NUL with an error: such an id (from Basic credentials
-        # or an assertion's iss) names no client and must not become a server error.
-        if not isinstance(client_id, str) or not client_id or len(client_id) > 64 or "\x00" in client_id:
+        # A NUL (PostgreSQL refuses it) or a lone surrogate (not encodable) from Basic credentials or
+        # an assertion's iss names no client and must not become a database error: ids are printable.
+        if not isinstance(client_id, str) or not client_id or len(client_id) > 64 or not client_id.isprintable():
             return None
         row = self._by_id.first(client_id=client_id)
         return self._record(SimpleNamespace(**row)) if row else None

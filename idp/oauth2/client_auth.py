@@ -50,7 +50,7 @@ class AssertionReplayCache:
         self._engine = engine
 
     def claim(self, client_id: str, jti: str, expires_at: int) -> bool:
-        key = hashlib.sha256(f"{client_id}\0{jti}".encode()).hexdigest()
+        key = hashlib.sha256(f"{client_id}\0{jti}".encode("utf-8", "surrogatepass")).hexdigest()  # jti may hold a lone surrogate
         try:
             with self._engine.begin() as conn:
                 conn.execute(insert(_jtis), [{"key": key, "expires_at": expires_at}])
