@@ -255,6 +255,21 @@ def test_rfc7523_3_same_jti_in_a_new_assertion_is_invalid_client(es_client: KeyC
     _refused(es_client, es_client.assertion(jti=jti, iat=int(time.time()) + 1))
 
 
+def test_rfc7523_3_jti_with_a_lone_surrogate_is_accepted_once_not_5xx(es_client: KeyClient) -> None:
+    """JSON may carry "\\ud800"; the replay cache must still key it (once), not fail with a 5xx."""
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
+
+    jti = "j-\ud800-" + secrets.token_hex(4)
+    # joserfc cannot encode a lone surrogate; sign by hand (json.dumps escapes it as \\ud800).
+    signing_input = f"{_b64json({'alg': 'ES256', 'kid': es_client.key.kid})}.{_b64json(es_client.claims(jti=jti))}"
+    r, s = decode_dss_signature(es_client.key.private_key.sign(signing_input.encode(), ec.ECDSA(hashes.SHA256())))
+    assertion = signing_input + "." + b64url_encode(r.to_bytes(32, "big") + s.to_bytes(32, "big"))
+    assert es_client.post(assertion).status_code == 200
+    _refused(es_client, assertion)
+
+
 def test_rfc7523_3_wrong_aud_is_invalid_client(es_client: KeyClient) -> None:
     _refused(es_client, es_client.assertion(aud="https://evil.example/token"))
 

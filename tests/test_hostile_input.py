@@ -195,9 +195,9 @@ def test_nul_in_basic_client_id_is_invalid_client_not_5xx(env: Env, raw: str) ->
     assert env.counts() == before
 
 
-def test_nul_in_client_assertion_iss_is_invalid_client_not_5xx(env: Env) -> None:
+def test_nul_or_lone_surrogate_in_client_assertion_iss_is_invalid_client_not_5xx(env: Env) -> None:
     before = env.counts()
-    for iss in ("a\x00b", "\x00"):
+    for iss in ("a\x00b", "\x00", "\ud800", "a\udfffb", "\x1b[31m"):  # NUL, lone surrogates, control
         assertion = f"{_segment({'alg': 'ES256', 'kid': 'k'})}.{_segment({'iss': iss, 'sub': iss, 'aud': ISSUER})}.AAAA"
         resp = env.http.post("/token", data={"grant_type": "client_credentials", "client_assertion_type": JWT_BEARER,
                                              "client_assertion": assertion})
