@@ -272,3 +272,28 @@ def test_rfc7009_revocation_does_not_affect_other_tokens_of_the_client(env: Env)
     revoke(env, client, secret, first)
     assert_inactive(introspect(env, client, secret, first))
     assert introspect(env, client, secret, second).json()["active"] is True
+
+
+# ---------------------------------------------------------------------------------------------
+# Key lifecycle (fresh provider per test: the conftest db_url -> settings -> provider -> http chain)
+# ---------------------------------------------------------------------------------------------
+
+
+def test_rfc7662_token_of_a_retired_signing_key_is_inactive(provider: Any, http: Any) -> None:
+    from idp_testing import register
+
+    client, secret = register(provider)
+    auth = {"Authorization": basic(client.client_id, secret)}
+    old_token = http.post("/token", data={"grant_type": "client_credentials"}, headers=auth).json()["access_token"]
+    old_kid = provider.keys.signer().kid
+    provider.keys.rotate(actor="test", immediate=True)
+    new_token = http.post("/token", data={"grant_type": "client_credentials"}, headers=auth).json()["access_token"]
+    assert provider.keys.signer().kid != old_kid
+    # Both keys verify while the old one is still published ...
+    for token in (old_token, new_token):
+        assert http.post("/introspect", data={"token": token}, headers=auth).json()["active"] is True
+    provider.keys.retire(old_kid, actor="test")
+    # ... and once it is retired, its tokens are no longer active; the new key's still are.
+    assert_inactive(http.post("/introspect", data={"token": old_token}, headers=auth))
+    assert http.post("/introspect", data={"token": new_token}, headers=auth).json()["active"] is True
+    assert old_kid not in {k["kid"] for k in http.get("/jwks").json()["keys"]}

@@ -248,6 +248,7 @@ def clients(env: Env) -> dict[str, Any]:
     git_client, git_secret = env.register(capabilities="tools/call:git-*")
     multi_client, multi_secret = env.register(audiences=(AUDIENCE, OTHER_AUDIENCE))
     post_client, post_secret = env.register(auth_method="client_secret_post")
+    noaud_client, noaud_secret = env.register(audiences=())
     disabled, disabled_secret = env.register()
     env.provider.clients.set_enabled(disabled.client_id, False)
     return {
@@ -256,6 +257,7 @@ def clients(env: Env) -> dict[str, Any]:
         "multi": (multi_client.client_id, multi_secret),
         "post": (post_client.client_id, post_secret),
         "disabled": (disabled.client_id, disabled_secret),
+        "noaud": (noaud_client.client_id, noaud_secret),
     }
 
 
@@ -306,6 +308,12 @@ REFUSALS: dict[str, tuple[dict[str, Any], int, str, bool]] = {
         400, "invalid_target", False),
     "rfc8707_no_resource_with_several_audiences_is_invalid_target": (
         {**_b("multi"), "form": {"grant_type": "client_credentials"}}, 400, "invalid_target", False),
+    "rfc8707_client_without_audience_is_invalid_target": (
+        {**_b("noaud"), "form": {"grant_type": "client_credentials"}}, 400, "invalid_target", False),
+    "rfc8707_client_without_audience_naming_a_resource_is_invalid_target": (
+        {**_b("noaud"), "form": {"grant_type": "client_credentials", "resource": AUDIENCE}}, 400, "invalid_target", False),
+    "rfc8707_resource_differing_by_trailing_slash_is_invalid_target": (
+        {**_b("basic"), "form": {"grant_type": "client_credentials", "resource": AUDIENCE + "/"}}, 400, "invalid_target", False),
     "rfc8707_relative_resource_is_invalid_target": (
         {**_b("basic"), "form": {"grant_type": "client_credentials", "resource": "/mcp"}}, 400, "invalid_target", False),
     "rfc8707_resource_with_fragment_is_invalid_target": (
@@ -428,6 +436,16 @@ def test_rfc6749_5_2_refusals_precede_valid_issuance_on_same_client(env: Env, cl
     resp = env.http.post("/token", data={"grant_type": "client_credentials", "resource": AUDIENCE},
                          headers={"Authorization": basic(cid, sec)})
     assert resp.status_code == 200, resp.text
+
+
+def test_rfc6749_2_3_1_credentials_in_the_query_string_are_not_used(env: Env, clients: dict[str, Any]) -> None:
+    """The client secret MUST NOT be sent in the request URI; the server must not accept it there."""
+    cid, sec = clients["post"]
+    before = env.counts()
+    query = urllib.parse.urlencode({"grant_type": "client_credentials", "client_id": cid, "client_secret": sec})
+    assert_oauth_error(env.http.post("/token?" + query, data={"grant_type": "client_credentials"}), 401, "invalid_client")
+    assert_oauth_error(env.http.post("/token?" + query, content=b"", headers={"Content-Type": FORM}), 400, "invalid_request")
+    assert env.counts() == before
 
 
 @pytest.mark.parametrize("method", ["GET", "PUT", "DELETE"])
