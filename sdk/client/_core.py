@@ -346,7 +346,7 @@ class Core:
             try:
                 token = yield from self._locked(self.ensure_token(scope=scope))
             except InvalidScopeError as exc:
-                log.warning("step-up to scope %r refused by the IdP: %s", scope, exc)
+                log.info("step-up to scope %r refused by the IdP: %s", scope, exc)
                 # An HTTP client returns the response to the last request its auth flow sent —
                 # here the IdP's 400. Resend once with the held token so the caller gets the
                 # resource server's own answer (its 403). The refused union is not asked again.

@@ -1,0 +1,133 @@
+"""An MCP client that calls a CBST-protected server with a capability token from the IdP.
+
+With the IdP running (``make run``) and the example server running
+(``.venv/bin/python examples/server.py --port 9000``), register a client and call the server::
+
+    .venv/bin/idp clients add demo-client --capabilities "tools/call:echo resources/read:file:///docs/**" \\
+        --audience http://127.0.0.1:9000/mcp --json > demo-client.json
+    .venv/bin/python examples/client.py --credentials demo-client.json
+
+It asks the IdP for a token (client credentials grant, scope = ``--scope`` or every registered
+capability, ``resource`` = the server URL), lists what the token lets it see, and calls a tool::
+
+    .venv/bin/python examples/client.py --credentials demo-client.json --call add '{"a": 1, "b": 2}'
+    .venv/bin/python examples/client.py --credentials demo-client.json --read file:///docs/readme.md
+
+Credentials come from ``--credentials FILE`` (the JSON ``idp clients add --json`` prints), or
+``--client-id``/``--client-secret``, or ``--client-id``/``--key-file`` (``private_key_jwt``),
+or the environment (``CBST_ISSUER``, ``CBST_CLIENT_ID``, ``CBST_CLIENT_SECRET``,
+``CBST_PRIVATE_KEY_FILE``, ``CBST_SCOPE``, ``CBST_SERVER``). A refused call is printed with the
+server's reason; with ``--scope`` narrower than the registration, a call beyond it makes the
+client step up (ask the IdP for the union of its scope and the challenged one) once.
+
+``--mode legacy`` forces the handshake generation (``initialize``); the default ``auto`` uses
+the 2026-07-28 generation when the server offers it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a checkout
+
+from sdk.client import ClientCredentials, TokenError  # noqa: E402
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    env = os.environ.get
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--issuer", default=env("CBST_ISSUER", "http://127.0.0.1:8000"), help="the IdP (issuer URL)")
+    p.add_argument("--server", default=env("CBST_SERVER", "http://127.0.0.1:9000/mcp"),
+                   help="the MCP endpoint; also the token's resource (audience) unless --resource is given")
+    p.add_argument("--resource", default=env("CBST_RESOURCE"), help="resource URI to ask a token for")
+    p.add_argument("--credentials", type=Path, help="JSON from `idp clients add --json` (client_id, client_secret)")
+    p.add_argument("--client-id", default=env("CBST_CLIENT_ID"))
+    p.add_argument("--client-secret", default=env("CBST_CLIENT_SECRET"))
+    p.add_argument("--key-file", type=Path, default=env("CBST_PRIVATE_KEY_FILE"),
+                   help="PEM private key (EC P-256 or Ed25519) for private_key_jwt")
+    p.add_argument("--scope", default=env("CBST_SCOPE"),
+                   help="capabilities to ask for, space-separated (default: all the client is registered for)")
+    p.add_argument("--mode", choices=["auto", "legacy"], default="auto")
+    p.add_argument("--call", nargs="+", metavar=("TOOL", "ARGS_JSON"), help="call a tool (default: echo)")
+    p.add_argument("--read", metavar="URI", help="read a resource")
+    p.add_argument("--prompt", nargs="+", metavar=("NAME", "ARGS_JSON"), help="get a prompt")
+    return p.parse_args(argv)
+
+
+def credentials_from(args: argparse.Namespace) -> ClientCredentials:
+    client_id, secret = args.client_id, args.client_secret
+    if args.credentials is not None:
+        doc = json.loads(args.credentials.read_text())
+        client_id, secret = doc["client_id"], doc.get("client_secret", secret)
+    if not client_id:
+        raise SystemExit("no client: give --credentials FILE, or --client-id with --client-secret or --key-file")
+    resource = args.resource or args.server
+    if args.key_file is not None:
+        return ClientCredentials(args.issuer, client_id, private_key=args.key_file, scope=args.scope, resource=resource)
+    if not secret:
+        raise SystemExit("no secret: give --client-secret (or CBST_CLIENT_SECRET), or --key-file for private_key_jwt")
+    return ClientCredentials(args.issuer, client_id, client_secret=secret, scope=args.scope, resource=resource)
+
+
+def _json_arg(values: list[str] | None, index: int = 1) -> dict[str, Any]:
+    return json.loads(values[index]) if values and len(values) > index else {}
+
+
+async def step(label: str, coro: Any) -> Any:
+    try:
+        result = await coro
+    except TokenError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - print the refusal and go on
+        print(f"{label}: refused — {exc}")
+        return None
+    return result
+
+
+async def main(argv: list[str] | None = None) -> int:
+    from mcp import Client
+
+    args = parse_args(argv)
+    creds = credentials_from(args)
+    try:
+        token = await creds.aget_token()
+    except TokenError as exc:
+        print(f"no token: {exc}", file=sys.stderr)
+        return 1
+    print(f"token for {creds.client_id}: scope {token.scope!r}, audience {token.resource}")
+    asked = creds.scope
+
+    async with Client(creds.mcp_transport(args.server), mode=args.mode) as client:
+        print(f"connected: protocol {client.protocol_version}")
+        if tools := await step("tools/list", client.list_tools()):
+            print("tools:", ", ".join(t.name for t in tools.tools) or "(none)")
+        if resources := await step("resources/list", client.list_resources()):
+            print("resources:", ", ".join(str(r.uri) for r in resources.resources) or "(none)")
+        if prompts := await step("prompts/list", client.list_prompts()):
+            print("prompts:", ", ".join(p.name for p in prompts.prompts) or "(none)")
+
+        name = args.call[0] if args.call else "echo"
+        arguments = _json_arg(args.call) if args.call else {"text": "hello from examples/client.py"}
+        if result := await step(f"tools/call {name}", client.call_tool(name, arguments)):
+            text = "".join(getattr(c, "text", "") for c in result.content)
+            print(f"tools/call {name}: {text}{'  (tool error)' if result.is_error else ''}")
+        if args.read:
+            if content := await step(f"resources/read {args.read}", client.read_resource(args.read)):
+                print(f"resources/read {args.read}:", "".join(getattr(c, "text", "") for c in content.contents))
+        if args.prompt:
+            if prompt := await step(f"prompts/get {args.prompt[0]}", client.get_prompt(args.prompt[0], _json_arg(args.prompt))):
+                print(f"prompts/get {args.prompt[0]}:", prompt.messages[0].content.text if prompt.messages else "")
+    if creds.scope != asked:
+        print(f"stepped up to scope {creds.scope!r}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(asyncio.run(main()))
