@@ -4,7 +4,7 @@
                  (--upstream http://127.0.0.1:3000/mcp | --upstream-stdio "COMMAND ARGS")
 
 Exit status: 0 after a clean shutdown (SIGINT/SIGTERM), 1 when the stdio server cannot be
-started or keeps crashing, 2 for a bad command line.
+started or keeps crashing or the port cannot be bound, 2 for a bad command line or setting.
 """
 
 from __future__ import annotations
@@ -125,7 +125,10 @@ async def serve(args: argparse.Namespace) -> int:
         upstream = args.upstream or f"stdio `{args.upstream_stdio}`"
         log.info("cbst-gateway: http://%s:%d%s -> %s (%s)", args.host, args.port, path, upstream,
                  "NO AUTH" if args.no_auth else f"tokens from {args.issuer}")
-        await server.serve()
+        try:
+            await server.serve()
+        except SystemExit:  # uvicorn exits on a startup failure (e.g. the port is taken)
+            exit_code = 1
         if not server.started and exit_code == 0:
             exit_code = 1
     finally:

@@ -63,7 +63,7 @@ class HTTPUpstreamProxy:
     def _http(self) -> httpx.AsyncClient:
         if self._client is None:
             self._client = httpx.AsyncClient(follow_redirects=False, trust_env=False,
-                                             limits=httpx.Limits(max_connections=200, max_keepalive_connections=50))
+                                             limits=httpx.Limits(max_connections=None, max_keepalive_connections=50))
         return self._client
 
     async def aclose(self) -> None:

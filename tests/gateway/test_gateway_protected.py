@@ -197,3 +197,34 @@ def test_command_line_is_validated() -> None:
     done = subprocess.run([exe, "--issuer", "http://idp.example", "--resource", "http://127.0.0.1:9/mcp", "--port", "1",
                            "--upstream", "http://127.0.0.1:1/mcp"], capture_output=True, text=True, timeout=30)
     assert done.returncode == 2 and "plain http" in done.stderr
+
+
+def test_a_crash_looping_stdio_server_stops_the_gateway(tmp_path: Path) -> None:
+    """It answers initialize, then dies as soon as it is told initialized — again and again."""
+    flaky = tmp_path / "flaky.py"
+    flaky.write_text(
+        "import sys, json\n"
+        "req = json.loads(sys.stdin.readline())\n"
+        "print(json.dumps({'jsonrpc': '2.0', 'id': req['id'], 'result': {'protocolVersion': '2025-06-18',"
+        " 'capabilities': {}, 'serverInfo': {'name': 'flaky', 'version': '0'}}}), flush=True)\n"
+        "sys.stdin.readline(); sys.exit(5)\n")
+    start = time.monotonic()
+    done = subprocess.run([str(BIN / "cbst-gateway"), "--issuer", "http://127.0.0.1:9", "--resource",
+                           "http://127.0.0.1:9/mcp", "--port", str(free_port()), "--max-restarts", "2",
+                           "--upstream-stdio", f"{sys.executable} {flaky}"], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 1, done.stderr
+    assert "crashed 3 times within 60s; giving up" in done.stderr
+    assert time.monotonic() - start < 30
+
+
+def test_a_port_in_use_is_exit_status_1(http_upstream: tuple[str, Any]) -> None:
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        done = subprocess.run([str(BIN / "cbst-gateway"), "--issuer", "http://127.0.0.1:9", "--resource",
+                               f"http://127.0.0.1:{port}/mcp", "--port", str(port), "--upstream", http_upstream[0]],
+                              capture_output=True, text=True, timeout=60)
+    assert done.returncode == 1 and "address already in use" in done.stderr
