@@ -33,7 +33,18 @@ class OAuthError(Exception):
         self.headers = headers or {}
 
     def response(self) -> OAuthResponse:
-        return OAuthResponse(self.status, {"error": self.error, "error_description": self.description}, {**NO_STORE, **self.headers})
+        body = {"error": self.error, "error_description": error_description(self.description)}
+        return OAuthResponse(self.status, body, {**NO_STORE, **self.headers})
+
+
+_READABLE = str.maketrans({"\u00a7": "section ", '"': "'", "\\": "/"})
+
+
+def error_description(text: str) -> str:
+    """RFC 6749 §5.2: error_description holds only %x20-21 / %x23-5B / %x5D-7E. Descriptions may
+    echo request input (a repeated parameter's name) or cite "RFC ... §n"; anything else becomes '?'."""
+    return "".join(c if c in "\x20\x21" or "\x23" <= c <= "\x5b" or "\x5d" <= c <= "\x7e" else "?"
+                   for c in text.translate(_READABLE))
 
 
 class InvalidRequest(OAuthError):
