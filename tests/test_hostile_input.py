@@ -18,7 +18,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from idp_testing import AUDIENCE, ISSUER
 from joserfc.jwk import ECKey
-from test_token_endpoint import FORM, Env, basic, env  # noqa: F401 - env is a fixture
+from test_token_endpoint import FORM, Env, assert_rfc6749_error_charset, basic, env  # noqa: F401 - env is a fixture
 
 from sdk.jws import b64url_encode
 
@@ -45,6 +45,8 @@ def check(resp: Any) -> None:
     if resp.status_code >= 400:
         body = resp.json()
         assert isinstance(body.get("error"), str), body
+        if "error_description" in body:
+            assert_rfc6749_error_charset(body)
         if resp.status_code not in (404, 405):
             assert resp.headers.get("cache-control") == "no-store"
 

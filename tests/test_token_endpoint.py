@@ -118,9 +118,17 @@ def assert_oauth_error(resp: Any, status: int, error: str) -> dict[str, Any]:
     body = resp.json()
     assert body["error"] == error, body
     assert isinstance(body.get("error_description"), str) and body["error_description"]
+    assert_rfc6749_error_charset(body)
     assert set(body) <= {"error", "error_description", "error_uri"}
     assert resp.headers.get("cache-control") == "no-store"
     return body
+
+
+def assert_rfc6749_error_charset(body: dict[str, Any]) -> None:
+    """RFC 6749 §5.2: error and error_description use only %x20-21 / %x23-5B / %x5D-7E (no '"', '\\', non-ASCII)."""
+    for member in ("error", "error_description"):
+        bad = sorted({c for c in body[member] if not (c in "\x20\x21" or "\x23" <= c <= "\x5b" or "\x5d" <= c <= "\x7e")})
+        assert not bad, f"{member} contains characters RFC 6749 §5.2 forbids: {bad!r} in {body[member]!r}"
 
 
 def jwks_keyset(http: TestClient) -> tuple[KeySet, dict[str, Any]]:
