@@ -122,8 +122,9 @@ async def main(argv: list[str] | None = None) -> int:
             if content := await step(f"resources/read {args.read}", client.read_resource(args.read)):
                 print(f"resources/read {args.read}:", "".join(getattr(c, "text", "") for c in content.contents))
         if args.prompt:
-            if prompt := await step(f"prompts/get {args.prompt[0]}", client.get_prompt(args.prompt[0], _json_arg(args.prompt))):
-                print(f"prompts/get {args.prompt[0]}:", prompt.messages[0].content.text if prompt.messages else "")
+            pname = args.prompt[0]
+            if prompt := await step(f"prompts/get {pname}", client.get_prompt(pname, _json_arg(args.prompt))):
+                print(f"prompts/get {pname}:", prompt.messages[0].content.text if prompt.messages else "")
     if creds.scope != asked:
         print(f"stepped up to scope {creds.scope!r}")
     return 0

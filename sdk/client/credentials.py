@@ -208,8 +208,9 @@ class ClientCredentials:
         ``mcp.client.streamable_http.streamable_http_client``."""
         from mcp.client.streamable_http import streamable_http_client
 
-        async with self.httpx2_async_client() as http, streamable_http_client(url, http_client=http, **kwargs) as streams:
-            yield streams
+        async with self.httpx2_async_client() as http:
+            async with streamable_http_client(url, http_client=http, **kwargs) as streams:
+                yield streams
 
     # -- explicit token access -------------------------------------------------------------------
 

@@ -44,11 +44,13 @@ class IdP:
     env: dict[str, str]
     process: ServerProcess
 
-    def register(self, name: str, *, capabilities: str, audiences: tuple[str, ...], auth_method: str = "client_secret_basic",
+    def register(self, name: str, *, capabilities: str, audiences: tuple[str, ...],
+                 auth_method: str = "client_secret_basic",
                  jwks: dict[str, Any] | None = None) -> tuple[str, str | None]:
         """Register a client (``name`` gets a random suffix); returns (client_id, secret or None)."""
-        record, secret = self.provider.clients.add(f"{name[:40]}-{secrets.token_hex(4)}", capabilities=capabilities, audiences=list(audiences),
-                                                   auth_method=auth_method, jwks=jwks)
+        record, secret = self.provider.clients.add(
+            f"{name[:40]}-{secrets.token_hex(4)}", capabilities=capabilities, audiences=list(audiences),
+            auth_method=auth_method, jwks=jwks)
         return record.client_id, secret
 
     def revoke_cli(self, jti: str) -> None:
@@ -160,7 +162,8 @@ def mcp_server(idp: IdP, tmp_path_factory: pytest.TempPathFactory) -> Iterator[M
             if proc.poll() is not None:
                 raise RuntimeError(f"MCP server exited early:\n{log.read_text()}")
             try:
-                if httpx.get(f"http://127.0.0.1:{port}/.well-known/oauth-protected-resource/mcp", timeout=1).status_code == 200:
+                metadata = f"http://127.0.0.1:{port}/.well-known/oauth-protected-resource/mcp"
+                if httpx.get(metadata, timeout=1).status_code == 200:
                     break
             except httpx.HTTPError:
                 pass

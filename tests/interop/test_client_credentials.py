@@ -290,7 +290,8 @@ def test_wrong_secret_is_a_clear_invalid_client_error(idp: IdP, resource: Any, c
 
 
 def test_wrong_auth_method_is_refused(idp: IdP, client: Any) -> None:
-    creds = ClientCredentials(idp.url, client[0], client_secret=client[1], auth_method="client_secret_post", resource=AUD)
+    creds = ClientCredentials(idp.url, client[0], client_secret=client[1], auth_method="client_secret_post",
+                              resource=AUD)
     with pytest.raises(InvalidClientError, match="client_secret_basic"):
         creds.get_token()
 

@@ -123,7 +123,8 @@ def mcp1_python() -> Path:
     probe = subprocess.run([str(MCP1_PYTHON), "-c", "import importlib.metadata as m; print(m.version('mcp'))"],
                            capture_output=True, text=True)
     if probe.returncode != 0 or not probe.stdout.startswith("1."):
-        pytest.fail(f"{MCP1_PYTHON} does not have mcp 1.x ({probe.stdout.strip() or probe.stderr.strip()}); {INSTALL_HINT}")
+        found = probe.stdout.strip() or probe.stderr.strip()
+        pytest.fail(f"{MCP1_PYTHON} does not have mcp 1.x ({found}); {INSTALL_HINT}")
     return MCP1_PYTHON
 
 
@@ -147,7 +148,8 @@ class Run:
 
     def error(self, op_id: str) -> str:
         result = self.results.get(op_id)
-        assert result is not None and "error" in result, f"{op_id}: expected a refusal, got {result}\nall: {self.events}"
+        assert result is not None and "error" in result, \
+            f"{op_id}: expected a refusal, got {result}\nall: {self.events}"
         return result["error"]
 
 
@@ -315,9 +317,8 @@ def test_client_credentials_replace_a_revoked_token(idp: IdP, mcp_server: McpSer
     run = run_py2({"url": mcp_server.url, "mode": "legacy", "auth": limited, "ops": ops}, on_pause, credentials=creds)
     assert run.ok("after") == {"text": "echo: 2", "is_error": False}
     assert creds.token_requests == 2 and creds.token is not None and creds.token.value != old[0]
-    probe = httpx.post(mcp_server.url, headers={"Authorization": f"Bearer {old[0]}", "Accept": "application/json, text/event-stream",
-                                                "Content-Type": "application/json"},
-                       json={"jsonrpc": "2.0", "id": 1, "method": "ping"})
+    headers = {"Authorization": f"Bearer {old[0]}", "Accept": "application/json, text/event-stream"}
+    probe = httpx.post(mcp_server.url, headers=headers, json={"jsonrpc": "2.0", "id": 1, "method": "ping"})
     assert probe.status_code == 401, probe.text
 
 
