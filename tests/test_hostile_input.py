@@ -142,6 +142,7 @@ def jwt_like(draw: Any, iss: str, kid: str) -> str:
     return f"{header_seg}.{payload_seg}.{signature}"
 
 
+@pytest.mark.filterwarnings("ignore:EdDSA is deprecated")  # joserfc, verifying EdDSA-labelled assertions
 @FUZZ
 @given(data=st.data())
 def test_fuzzed_client_assertions_never_5xx_and_write_nothing(env: Env, targets: dict[str, Any], data: Any) -> None:
