@@ -223,7 +223,8 @@ class KeyRing:
         """
         now = clock.now()
         events: list[str] = []
-        infos = [i for i in self.list() if i.retired_at is None]
+        every = self.list()
+        infos = [i for i in every if i.retired_at is None]
         for info in infos:
             due = self.retire_due(info, infos, now)
             if due is not None and now >= due:
@@ -238,8 +239,11 @@ class KeyRing:
         if interval and signer is not None and not pending and now - signer.activate_at >= interval:
             try:
                 with audit.transaction(self._engine) as tx:
-                    # One claim row per superseded key: of several processes, one rotates.
-                    tx.conn.execute(insert(_state), [{"name": f"rotation:{signer.kid}", "value": str(now)}])
+                    # One claim row per superseded key and key count: of several processes, one
+                    # rotates; a retired pending key changes nothing but the count, so the schedule
+                    # resumes instead of colliding with its old claim forever.
+                    claim = f"rotation:{signer.kid}:{len(every)}"
+                    tx.conn.execute(insert(_state), [{"name": claim, "value": str(now)}])
                     info = self.create(
                         now=now, activate_at=now + self._settings.prepublication, actor="scheduler",
                         reason="scheduled", tx=tx,
