@@ -287,3 +287,23 @@ def test_two_providers_running_maintain_at_once_create_exactly_one_new_key(setti
     finally:
         a.close()
         b.close()
+
+
+def test_scheduled_rotation_resumes_after_its_pending_key_was_retired(settings: Settings, fake_clock: FakeClock) -> None:
+    """An operator may retire a pre-published key (e.g. created by mistake); the schedule must not stall."""
+    interval = 3600
+    prov = Provider.open(derive(settings, key_rotation_interval=interval))
+    try:
+        (k1,) = prov.keys.list()
+        fake_clock.t = k1.activate_at + interval
+        (event,) = prov.maintain()
+        pending_kid = event.split()[1]
+        prov.keys.retire(pending_kid, actor="test")
+        fake_clock.advance(30)
+        events = prov.maintain()
+        assert len(events) == 1 and events[0].startswith("rotated "), events
+        assert prov.keys.signer().kid == k1.kid
+        live = [k for k in prov.keys.list() if k.retired_at is None]
+        assert len(live) == 2 and all(k.kid != pending_kid for k in live)
+    finally:
+        prov.close()
