@@ -41,6 +41,8 @@ JWT_BEARER_ASSERTION = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
 AUTH_METHODS = ("client_secret_basic", "client_secret_post", "private_key_jwt")
 #: Lifetime of a client assertion, seconds. The IdP accepts each ``jti`` once, so short is fine.
 ASSERTION_LIFETIME = 60
+#: How many recently used tokens are remembered as having worked.
+_PROVEN_KEPT = 16
 #: Largest token/metadata response read, bytes.
 MAX_RESPONSE_BYTES = 64 * 1024
 
@@ -93,6 +95,9 @@ class HttpRequest:
     url: str
     headers: Mapping[str, str]
     body: bytes = b""
+    #: Seconds for each of connect/read/write/pool: requests an auth flow makes do not get the
+    #: HTTP client's default timeouts (those are set when the client builds a request).
+    timeout: float = 30.0
 
 
 @dataclass(frozen=True)
@@ -244,6 +249,7 @@ class CoreConfig:
     token_endpoint: str | None = None
     refresh_margin: float = 30.0
     step_up: bool = True
+    timeout: float = 30.0
     clock: Callable[[], float] = time.monotonic
     wall_clock: Callable[[], float] = time.time
 
@@ -264,8 +270,8 @@ class Core:
     token_requests: int = 0
     #: Scopes the IdP refused on step-up; not asked for again.
     refused_scopes: set[str] = field(default_factory=set)
-    #: Tokens that some request has already been accepted with (by value hash).
-    _proven: set[int] = field(default_factory=set)
+    #: Tokens that some request has already been accepted with (hashes of the last few).
+    _proven: dict[int, None] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.scope = self.config.scope
@@ -286,7 +292,9 @@ class Core:
         return self.config.clock() < token.expires_at - margin
 
     def mark_proven(self, token: AccessToken) -> None:
-        self._proven.add(hash(token.value))
+        self._proven[hash(token.value)] = None
+        while len(self._proven) > _PROVEN_KEPT:
+            del self._proven[next(iter(self._proven))]
 
     def is_proven(self, token: AccessToken) -> bool:
         return hash(token.value) in self._proven
@@ -401,7 +409,7 @@ class Core:
     def _discover(self) -> Generator[HttpRequest, HttpResponse, None]:
         issuer = self.config.issuer
         url = metadata_url(issuer)
-        response = yield HttpRequest("GET", url, {"accept": "application/json"})
+        response = yield HttpRequest("GET", url, {"accept": "application/json"}, timeout=self.config.timeout)
         if response.status != 200:
             raise DiscoveryError(f"authorization server metadata at {url} answered HTTP {response.status}",
                                  status=response.status)
@@ -450,7 +458,8 @@ class Core:
                      ("client_assertion", self.client_assertion())]
         started = cfg.clock()
         self.token_requests += 1
-        response = yield HttpRequest("POST", self.token_endpoint, headers, urlencode(form).encode("ascii"))
+        response = yield HttpRequest("POST", self.token_endpoint, headers, urlencode(form).encode("ascii"),
+                                     timeout=cfg.timeout)
         return self._parse_token_response(response, started, scope)
 
     def client_assertion(self) -> str:

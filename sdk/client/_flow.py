@@ -35,7 +35,8 @@ class FlowMixin:
         return self._core
 
     def _to_http(self, req: HttpRequest) -> Any:
-        return self._http.Request(req.method, req.url, headers=dict(req.headers), content=req.body or None)
+        return self._http.Request(req.method, req.url, headers=dict(req.headers), content=req.body or None,
+                                  extensions={"timeout": self._http.Timeout(req.timeout).as_dict()})
 
     @staticmethod
     def _to_neutral(response: Any, body: bytes) -> HttpResponse:

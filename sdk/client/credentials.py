@@ -78,6 +78,7 @@ class ClientCredentials:
     it expires. With ``step_up`` (the default) a 403 ``insufficient_scope`` makes the client ask
     once for the union of its scope and the challenged one, and retry the request once.
 
+    Requests to the IdP time out after ``timeout`` seconds (each of connect, read, write).
     Token errors raise :class:`~sdk.client.TokenError` subclasses with the IdP's explanation.
     """
 
@@ -95,6 +96,7 @@ class ClientCredentials:
         token_endpoint: str | None = None,
         refresh_margin: float = 30.0,
         step_up: bool = True,
+        timeout: float = 30.0,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         if not issuer.startswith(("http://", "https://")):
@@ -111,11 +113,13 @@ class ClientCredentials:
             raise ValueError("private_key_jwt needs private_key; client_secret_basic/post need client_secret")
         if refresh_margin < 0:
             raise ValueError("refresh_margin must be >= 0")
+        if not timeout > 0:
+            raise ValueError("timeout must be > 0")
         key = load_private_key(private_key, key_id=key_id) if private_key is not None else None
         self._core = Core(CoreConfig(
             issuer=issuer, client_id=client_id, auth_method=auth_method, client_secret=client_secret,
             private_key=key, scope=normalize_scope(scope), resource=resource, token_endpoint=token_endpoint,
-            refresh_margin=refresh_margin, step_up=step_up, clock=clock,
+            refresh_margin=refresh_margin, step_up=step_up, timeout=timeout, clock=clock,
         ))
         self._httpx_auth: HttpxAuth | None = None
         self._httpx2_auth: Httpx2Auth | None = None

@@ -367,3 +367,16 @@ def test_configuration_errors() -> None:
 ])
 def test_parse_www_authenticate(value: str, expected: list[Any]) -> None:
     assert parse_www_authenticate([value]) == expected
+
+
+def test_a_silent_idp_times_out(client: Any) -> None:
+    """Token requests made inside an auth flow carry their own timeout (they would otherwise have none)."""
+    import socket
+
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(1)
+        issuer = f"http://127.0.0.1:{silent.getsockname()[1]}"
+        creds = ClientCredentials(issuer, client[0], client_secret=client[1], timeout=0.5)
+        with httpx.Client(auth=creds.httpx_auth(), timeout=None) as http, pytest.raises(httpx.ReadTimeout):
+            http.get(issuer + "/anything")
