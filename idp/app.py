@@ -42,6 +42,11 @@ def _oauth(resp: OAuthResponse) -> Response:
     return Response(resp.encode(), resp.status, resp.headers, media_type="application/json")
 
 
+#: Fields that must appear at most once (RFC 9110 §5.3): with two Authorization headers a proxy
+#: and this app could each act on a different one.
+_SINGLETON_FIELDS = (b"authorization", b"content-type", b"content-length")
+
+
 class OAuthEndpoints:
     """``POST /token``, ``/introspect`` and ``/revoke`` as bare ASGI, in front of the FastAPI app.
 
@@ -68,6 +73,10 @@ class OAuthEndpoints:
             return
         headers = {k.lower(): v for k, v in scope["headers"]}
         try:
+            if len(headers) != len(scope["headers"]):  # some field repeated: refuse ambiguous ones
+                names = [k.lower() for k, _ in scope["headers"]]
+                if any(names.count(n) > 1 for n in _SINGLETON_FIELDS):
+                    raise InvalidRequest("repeated Authorization, Content-Type or Content-Length header field")
             body = await self._read_body(headers.get(b"content-length"), receive)
             ctype = headers.get(b"content-type")
             form = parse_form(ctype.decode("latin-1") if ctype else None, body)
