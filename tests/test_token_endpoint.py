@@ -446,6 +446,23 @@ def test_rfc6749_5_2_refusals_precede_valid_issuance_on_same_client(env: Env, cl
     assert resp.status_code == 200, resp.text
 
 
+@pytest.mark.parametrize("path", ["/token", "/introspect", "/revoke"])
+@pytest.mark.parametrize("field", ["authorization", "content-type"])
+def test_rfc9110_5_3_repeated_singleton_header_is_invalid_request(env: Env, clients: dict[str, Any], path: str,
+                                                                    field: str) -> None:
+    """Two Authorization (or Content-Type) fields are ambiguous: a proxy and the IdP could act on different ones."""
+    cid, sec = clients["basic"]
+    good = {"authorization": basic(cid, sec), "content-type": FORM}[field]
+    other = {"authorization": basic("nobody", "x"), "content-type": "text/plain"}[field]
+    base = [(k, v) for k, v in (("authorization", basic(cid, sec)), ("content-type", FORM)) if k != field]
+    before = env.counts()
+    for pair in ((other, good), (good, other), (good, good)):
+        resp = env.http.post(path, content=b"grant_type=client_credentials&token=x",
+                             headers=[*base, (field, pair[0]), (field, pair[1])])
+        assert_oauth_error(resp, 400, "invalid_request")
+    assert env.counts() == before
+
+
 def test_rfc6749_2_3_1_credentials_in_the_query_string_are_not_used(env: Env, clients: dict[str, Any]) -> None:
     """The client secret MUST NOT be sent in the request URI; the server must not accept it there."""
     cid, sec = clients["post"]
