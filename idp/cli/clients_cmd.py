@@ -119,8 +119,11 @@ def remove(
         client = prov.clients.find(ref)
         if client is None:
             fail(f"no client {ref!r}", as_json=as_json)
-        if not yes and not as_json and not typer.confirm(f"Remove client {client.name} ({client.client_id})?"):
-            raise typer.Exit(1)
+        if not yes:
+            if as_json:  # no prompt in JSON mode: scripts must say --yes
+                fail(f"not removing client {client.name} without --yes", as_json=True)
+            if not typer.confirm(f"Remove client {client.name} ({client.client_id})?"):
+                raise typer.Exit(1)
         try:
             prov.clients.remove(client.client_id)
         except ClientError as exc:
