@@ -109,6 +109,9 @@ def test_clients_add_list_show_disable_enable_remove_and_tokens_revoke(settings:
     assert provider.clients.find("keyed") is not None
     cli(env, "clients", "remove", "keyed", input="y\n")
     assert provider.clients.find("keyed") is None
+    # Without a prompt (--json) removal still needs --yes.
+    assert "--yes" in cli_json(env, "clients", "remove", "agent", code=1)["error"]
+    assert provider.clients.find("agent") is not None
     assert cli_json(env, "clients", "remove", "agent", "--yes") == {"removed": client_id}
     assert provider.clients.list() == []
     resp = http.post("/token", data={"grant_type": "client_credentials", "resource": AUDIENCE}, auth=(client_id, secret))
