@@ -43,6 +43,8 @@ AUTH_METHODS = ("client_secret_basic", "client_secret_post", "private_key_jwt")
 ASSERTION_LIFETIME = 60
 #: How many recently used tokens are remembered as having worked.
 _PROVEN_KEPT = 16
+#: How many step-up scopes the IdP refused are remembered (and not asked for again).
+_REFUSED_KEPT = 256
 #: Largest token/metadata response read, bytes.
 MAX_RESPONSE_BYTES = 64 * 1024
 
@@ -268,8 +270,8 @@ class Core:
     token_endpoint: str | None = None
     #: Number of token requests sent (successful or not) — for tests and metrics.
     token_requests: int = 0
-    #: Scopes the IdP refused on step-up; not asked for again.
-    refused_scopes: set[str] = field(default_factory=set)
+    #: Scopes the IdP refused on step-up (the most recent ones); not asked for again.
+    refused_scopes: dict[str, None] = field(default_factory=dict)
     #: Tokens that some request has already been accepted with (hashes of the last few).
     _proven: dict[int, None] = field(default_factory=dict)
 
@@ -394,15 +396,20 @@ class Core:
             return token
         if self.token_endpoint is None:
             yield from self._discover()
-        wanted = scope if scope is not None else self.scope
+        wanted = self.scope
+        if scope is not None:
+            # Keep what concurrent step-ups added meanwhile: never trade one capability for another.
+            wanted = scope_union(self.scope, scope) if self.scope is not None else scope
         try:
             token = yield from self._request_token(wanted)
         except InvalidScopeError:
             if scope is not None:
-                self.refused_scopes.add(scope)
+                self.refused_scopes[scope] = None
+                while len(self.refused_scopes) > _REFUSED_KEPT:
+                    del self.refused_scopes[next(iter(self.refused_scopes))]
             raise
         if scope is not None:
-            self.scope = scope
+            self.scope = wanted
         self.token = token
         return token
 

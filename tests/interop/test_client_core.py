@@ -152,3 +152,20 @@ def test_malformed_token_responses(body: bytes) -> None:
 def test_metadata_url_inserts_the_well_known_before_the_issuer_path() -> None:
     assert metadata_url("https://idp.example/tenant/a") == \
         "https://idp.example/.well-known/oauth-authorization-server/tenant/a"
+
+
+def test_concurrent_step_ups_keep_each_others_capabilities() -> None:
+    c = core(scope="tools/call:a")
+    Stepper(c).run([META, token_response("T1", "tools/call:a"), (200, [])])
+    t1 = c.token
+    assert t1 is not None
+    # Task A steps up to a+b; task B, challenged for c while holding T1, must not drop b.
+    flow = c.ensure_token(scope=c.step_up_scope(t1, 403, ['Bearer error="insufficient_scope", scope="tools/call:b"']))
+    req = next(flow)
+    with pytest.raises(StopIteration):
+        flow.send(token_response("T2", "tools/call:a tools/call:b"))
+    wanted_by_b = c.step_up_scope(t1, 403, ['Bearer error="insufficient_scope", scope="tools/call:c"'])
+    assert wanted_by_b == "tools/call:a tools/call:c"
+    flow = c.ensure_token(scope=wanted_by_b)
+    req = next(flow)
+    assert parse_qs(req.body.decode())["scope"] == ["tools/call:a tools/call:b tools/call:c"]
