@@ -20,6 +20,13 @@ UNSUPPORTED_PROTOCOL_VERSION = -32022  # MCP 2026-07-28
 
 HANDSHAKE_PROTOCOL_VERSIONS = ("2024-11-05", "2025-03-26", "2025-06-18", "2025-11-25")
 LATEST_HANDSHAKE_VERSION = HANDSHAKE_PROTOCOL_VERSIONS[-1]
+MODERN_PROTOCOL_VERSIONS = ("2026-07-28",)
+LATEST_MODERN_VERSION = MODERN_PROTOCOL_VERSIONS[-1]
+# 2026-07-28 per-request envelope keys (params._meta)
+META_PROTOCOL_VERSION = "io.modelcontextprotocol/protocolVersion"
+META_CLIENT_CAPABILITIES = "io.modelcontextprotocol/clientCapabilities"
+META_CLIENT_INFO = "io.modelcontextprotocol/clientInfo"
+META_SUBSCRIPTION_ID = "io.modelcontextprotocol/subscriptionId"
 
 Message = dict[str, Any]
 

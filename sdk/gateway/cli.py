@@ -47,6 +47,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="stdio: seconds the server gets to answer initialize (default 30)")
     p.add_argument("--max-restarts", type=int, default=5,
                    help="stdio: crashes tolerated per minute before the gateway gives up (default 5)")
+    p.add_argument("--stdio-handshake-only", action="store_true",
+                   help="stdio: never start a 2026-07-28 process; such clients are told to use initialize")
     p.add_argument("--tool-rate", type=float, default=3.0,
                    help="tool calls per second per client (token bucket; 0 disables; default 3)")
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
@@ -106,7 +108,8 @@ async def serve(args: argparse.Namespace) -> int:
         inner = HTTPUpstreamProxy(args.upstream, path=path, timeout=args.timeout)
     else:
         inner = StdioBridge(args.upstream_stdio, path=path, request_timeout=args.timeout,
-                            start_timeout=args.start_timeout, max_restarts=args.max_restarts, on_fatal=fatal)
+                            start_timeout=args.start_timeout, max_restarts=args.max_restarts,
+                            modern=not args.stdio_handshake_only, on_fatal=fatal)
         try:
             await inner.start()
         except StdioStartError as exc:

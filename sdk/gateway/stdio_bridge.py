@@ -11,9 +11,12 @@ clients and newline-delimited JSON-RPC to one supervised child (``StdioChild``):
   accepts ``text/event-stream``, else as JSON. ``notifications/cancelled`` is translated.
 - Child notifications that belong to no request (list changes, log messages) go to every
   session's GET stream.
-- The 2026-07-28 generation is not bridged: ``server/discover`` (and any request stamped with a
-  2026-07-28 ``MCP-Protocol-Version`` but no session) is answered with -32022 listing the
-  child's handshake version, so ``mode="auto"`` clients fall back to ``initialize``.
+- The 2026-07-28 generation (a POST without a session carrying ``MCP-Protocol-Version:
+  2026-07-28``, or ``server/discover``): on first use the gateway starts a second process of
+  the same command and asks it ``server/discover`` (a stdio connection is locked to the
+  generation of its first message). If it lists 2026-07-28, such requests are relayed to that
+  process statelessly, ids rewritten the same way; if not, they are answered with -32022
+  listing the handshake version, so ``mode="auto"`` clients fall back to ``initialize``.
 """
 
 from __future__ import annotations
@@ -30,11 +33,10 @@ from typing import Any
 from starlette.types import Receive, Scope, Send
 
 from . import _jsonrpc as rpc
-from .stdio_child import StdioChild
+from .stdio_child import StdioChild, StdioStartError
 
 log = logging.getLogger("cbst.gateway.stdio")
 
-MODERN_PROTOCOL_VERSIONS = ("2026-07-28",)
 SESSION_QUEUE_SIZE = 1000
 KEEPALIVE_SECONDS = 15.0
 
@@ -54,7 +56,7 @@ class StdioBridge:
     def __init__(self, command: str | list[str], *, path: str = "/mcp", request_timeout: float = 300.0,
                  start_timeout: float = 30.0, max_restarts: int = 5, restart_window: float = 60.0,
                  backoff: float = 0.25, max_sessions: int = 10_000, session_idle_timeout: float = 3600.0,
-                 max_request_body: int = 4 * 1024 * 1024,
+                 max_request_body: int = 4 * 1024 * 1024, modern: bool = True,
                  on_fatal: Callable[[str], None] | None = None) -> None:
         argv = shlex.split(command) if isinstance(command, str) else list(command)
         if not argv:
@@ -65,9 +67,16 @@ class StdioBridge:
         self.max_sessions = max_sessions
         self.session_idle_timeout = session_idle_timeout
         self.max_request_body = max_request_body
-        self.child = StdioChild(argv, start_timeout=start_timeout, request_timeout=request_timeout,
-                                max_restarts=max_restarts, restart_window=restart_window, backoff=backoff,
-                                on_notification=self._broadcast, on_fatal=on_fatal)
+        child_options: dict[str, Any] = dict(start_timeout=start_timeout, request_timeout=request_timeout,
+                                             max_restarts=max_restarts, restart_window=restart_window,
+                                             backoff=backoff, on_fatal=on_fatal)
+        self.child = StdioChild(argv, on_notification=self._broadcast, **child_options)
+        # A second process of the same command for 2026-07-28 clients, started on first use if
+        # ``modern``; a stdio connection is locked to the generation of its first message.
+        self.modern_child: StdioChild | None = None
+        self._modern_state = "unknown" if modern else "unsupported"
+        self._modern_lock = asyncio.Lock()
+        self._child_argv, self._child_options = argv, child_options
         self.sessions: dict[str, _Session] = {}
         self._started = False
         self._background: set[asyncio.Task[Any]] = set()
@@ -86,6 +95,8 @@ class StdioBridge:
             _close_stream(session)
         self.sessions.clear()
         await self.child.aclose()
+        if self.modern_child is not None:
+            await self.modern_child.aclose()
         self._started = False
 
     async def _lifespan(self, receive: Receive, send: Send) -> None:
@@ -160,16 +171,9 @@ class StdioBridge:
             return
 
         version = headers.get("mcp-protocol-version", "")
-        if "mcp-session-id" not in headers and requests and (
-                version in MODERN_PROTOCOL_VERSIONS or any(m["method"] == "server/discover" for m in requests)):
-            requested = version or str(((requests[0].get("params") or {}).get("_meta") or {}).get(
-                "io.modelcontextprotocol/protocolVersion", ""))
-            supported = [self.child.protocol_version]
-            text = (f"Unsupported protocol version: this gateway bridges a stdio server that speaks "
-                    f"{supported[0]} (initialize handshake)")
-            data = {"supported": supported, "requested": requested}
-            answers = [rpc.error(m["id"], rpc.UNSUPPORTED_PROTOCOL_VERSION, text, data) for m in requests]
-            await rpc.send_json(send, 400, answers if batch else answers[0])
+        if "mcp-session-id" not in headers and (
+                version in rpc.MODERN_PROTOCOL_VERSIONS or any(m["method"] == "server/discover" for m in requests)):
+            await self._modern(version, messages, requests, batch, headers, receive, send)
             return
 
         session, status, reason = self._session(headers)
@@ -188,6 +192,50 @@ class StdioBridge:
             await self._answer_sse(session, requests, receive, send)
         else:
             await self._answer_json(session, requests, batch, send)
+
+    async def _modern(self, version: str, messages: list[rpc.Message], requests: list[rpc.Message], batch: bool,
+                      headers: dict[str, str], receive: Receive, send: Send) -> None:
+        """A 2026-07-28 POST: no session; relayed to the modern child if the server speaks it."""
+        child = await self._modern_child()
+        if child is None:
+            requested = version or str(((requests[0].get("params") or {}).get("_meta") or {}).get(
+                rpc.META_PROTOCOL_VERSION, "")) if requests else version
+            supported = [self.child.protocol_version]
+            text = (f"Unsupported protocol version: this gateway bridges a stdio server that speaks "
+                    f"{supported[0]} (initialize handshake)")
+            data = {"supported": supported, "requested": requested}
+            answers = [rpc.error(m["id"], rpc.UNSUPPORTED_PROTOCOL_VERSION, text, data) for m in requests]
+            if not answers:
+                answers = [rpc.error(None, rpc.UNSUPPORTED_PROTOCOL_VERSION, text, data)]
+            await rpc.send_json(send, 400, answers if batch else answers[0])
+            return
+        if not requests:
+            # 2026-07-28 streamable HTTP defines no client notifications (closing a request's
+            # stream is its cancellation): accept and drop them.
+            await send({"type": "http.response.start", "status": 202, "headers": [(b"content-length", b"0")]})
+            await send({"type": "http.response.body", "body": b""})
+            return
+        if "text/event-stream" in headers.get("accept", ""):
+            await self._answer_sse(None, requests, receive, send, child)
+        else:
+            await self._answer_json(None, requests, batch, send, child)
+
+    async def _modern_child(self) -> StdioChild | None:
+        if self._modern_state == "unknown":
+            async with self._modern_lock:
+                if self._modern_state == "unknown":
+                    child = StdioChild(self._child_argv, generation="modern", **self._child_options)
+                    try:
+                        await child.start()
+                    except StdioStartError as exc:
+                        log.info("the stdio server does not speak %s (%s): 2026-07-28 clients are told to use "
+                                 "initialize", rpc.LATEST_MODERN_VERSION, exc)
+                        await child.aclose()
+                        self._modern_state = "unsupported"
+                    else:
+                        self.modern_child = child
+                        self._modern_state = "supported"
+        return self.modern_child if self._modern_state == "supported" else None
 
     async def _initialize(self, message: rpc.Message, send: Send) -> None:
         self._expire_idle_sessions()
@@ -216,8 +264,11 @@ class StdioBridge:
             message = dict(message, params=dict(params, requestId=gw_id))
         await self.child.notify(message)
 
-    async def _call(self, session: _Session, message: rpc.Message,
-                    on_event: Callable[[rpc.Message], Any] | None) -> rpc.Message:
+    async def _call(self, session: _Session | None, message: rpc.Message,
+                    on_event: Callable[[rpc.Message], Any] | None, child: StdioChild | None = None) -> rpc.Message:
+        if session is None:  # 2026-07-28: stateless, nothing to track
+            assert child is not None
+            return await child.request(message, None, on_event)
         method = message["method"]
         uri = _uri_param(message)
         if method == "resources/unsubscribe" and uri is not None:
@@ -258,19 +309,20 @@ class StdioBridge:
         self._background.add(task)
         task.add_done_callback(self._background.discard)
 
-    async def _answer_json(self, session: _Session, requests: list[rpc.Message], batch: bool, send: Send) -> None:
-        responses = await asyncio.gather(*(self._call(session, m, None) for m in requests))
+    async def _answer_json(self, session: _Session | None, requests: list[rpc.Message], batch: bool, send: Send,
+                           child: StdioChild | None = None) -> None:
+        responses = await asyncio.gather(*(self._call(session, m, None, child) for m in requests))
         await rpc.send_json(send, 200, list(responses) if batch else responses[0])
 
-    async def _answer_sse(self, session: _Session, requests: list[rpc.Message], receive: Receive,
-                          send: Send) -> None:
+    async def _answer_sse(self, session: _Session | None, requests: list[rpc.Message], receive: Receive,
+                          send: Send, child: StdioChild | None = None) -> None:
         queue: asyncio.Queue[rpc.Message] = asyncio.Queue()
         await send({"type": "http.response.start", "status": 200, "headers": [
             (b"content-type", b"text/event-stream"), (b"cache-control", b"no-cache, no-transform"),
             (b"x-accel-buffering", b"no")]})
 
         async def call(message: rpc.Message) -> None:
-            await queue.put(await self._call(session, message, queue.put))
+            await queue.put(await self._call(session, message, queue.put, child))
 
         tasks = [asyncio.create_task(call(m)) for m in requests]
         watcher = asyncio.create_task(_wait_disconnect(receive))

@@ -2,9 +2,11 @@
 
 MCP spec, Transports → stdio: messages are single-line JSON on the child's stdin/stdout; its
 stderr is a log (relayed to the ``cbst.gateway.child`` logger). The gateway is the child's only
-client: it performs the ``initialize`` handshake once per process and multiplexes every HTTP
-client's requests onto it, rewriting request ids (and progress tokens) to values of its own so
-that concurrent clients cannot collide, and restoring them on the way back.
+client and speaks one protocol generation to it: ``handshake`` (it performs ``initialize`` once
+per process) or ``modern`` (2026-07-28: it checks ``server/discover`` lists that version; every
+request then carries its own ``_meta`` envelope). It multiplexes every HTTP client's requests
+onto the child, rewriting request ids (and progress tokens) to values of its own so that
+concurrent clients cannot collide, and restoring them on the way back.
 
 If the child exits, every request in flight fails with a JSON-RPC error and the child is
 restarted with exponential backoff; more than ``max_restarts`` crashes inside
@@ -37,6 +39,14 @@ STDOUT_LINE_LIMIT = 64 * 1024 * 1024
 class StdioStartError(RuntimeError):
     """The child could not be started and initialised."""
 
+    def __init__(self, message: str, *, error: Any = None) -> None:
+        super().__init__(message)
+        self.error = error  # the child's JSON-RPC error object, when it refused
+
+
+# Requests that legitimately stay open for as long as the client wants (2026-07-28, SEP-2575).
+LONG_LIVED_METHODS = frozenset({"subscriptions/listen"})
+
 
 @dataclass
 class _Pending:
@@ -62,11 +72,14 @@ class StdioChild:
 
     def __init__(self, argv: list[str], *, start_timeout: float = 30.0, request_timeout: float = 300.0,
                  max_restarts: int = 5, restart_window: float = 60.0, backoff: float = 0.25,
-                 client_info: dict[str, str] | None = None,
+                 client_info: dict[str, str] | None = None, generation: str = "handshake",
                  on_notification: Callable[[rpc.Message], None] | None = None,
                  on_fatal: Callable[[str], None] | None = None) -> None:
         if not argv:
             raise ValueError("empty stdio command")
+        if generation not in ("handshake", "modern"):
+            raise ValueError(f"generation must be 'handshake' or 'modern', got {generation!r}")
+        self.generation = generation
         if start_timeout <= 0 or request_timeout <= 0 or max_restarts < 0 or backoff < 0:
             raise ValueError("timeouts must be positive and max_restarts/backoff non-negative")
         self.argv = list(argv)
@@ -99,6 +112,8 @@ class StdioChild:
 
     @property
     def protocol_version(self) -> str:
+        if self.generation == "modern":
+            return rpc.LATEST_MODERN_VERSION
         assert self.initialize_result is not None
         return str(self.initialize_result.get("protocolVersion", rpc.LATEST_HANDSHAKE_VERSION))
 
@@ -140,8 +155,9 @@ class StdioChild:
         try:
             if not await self._write(out):
                 return rpc.error(original_id, rpc.INTERNAL_ERROR, self._unavailable_reason())
+            timeout = None if out.get("method") in LONG_LIVED_METHODS else self.request_timeout
             try:
-                return await asyncio.wait_for(asyncio.shield(pending.future), self.request_timeout)
+                return await asyncio.wait_for(asyncio.shield(pending.future), timeout)
             except TimeoutError:
                 await self._write({"jsonrpc": "2.0", "method": "notifications/cancelled",
                                    "params": {"requestId": gw_id, "reason": "gateway request timeout"}})
@@ -176,10 +192,15 @@ class StdioChild:
         future: asyncio.Future[rpc.Message] = asyncio.get_running_loop().create_future()
         self._pending[init_id] = _Pending(init_id, future, None)
         try:
-            await self._write_raw(current, {
-                "jsonrpc": "2.0", "id": init_id, "method": "initialize",
-                "params": {"protocolVersion": rpc.LATEST_HANDSHAKE_VERSION, "capabilities": {},
-                           "clientInfo": self.client_info}})
+            if self.generation == "handshake":
+                method = "initialize"
+                params: dict[str, Any] = {"protocolVersion": rpc.LATEST_HANDSHAKE_VERSION, "capabilities": {},
+                                          "clientInfo": self.client_info}
+            else:
+                method = "server/discover"
+                params = {"_meta": {rpc.META_PROTOCOL_VERSION: rpc.LATEST_MODERN_VERSION,
+                                    rpc.META_CLIENT_CAPABILITIES: {}, rpc.META_CLIENT_INFO: self.client_info}}
+            await self._write_raw(current, {"jsonrpc": "2.0", "id": init_id, "method": method, "params": params})
             exit_wait = asyncio.ensure_future(current.exited.wait())
             try:
                 done, _ = await asyncio.wait({future, exit_wait}, timeout=self.start_timeout,
@@ -190,18 +211,23 @@ class StdioChild:
                 if current.exited.is_set():
                     await asyncio.sleep(0.05)  # let stderr drain
                     raise StdioStartError(f"stdio MCP server `{self.command}` exited with code {proc.returncode} "
-                                          f"before answering initialize{self._stderr_hint(current)}")
-                raise StdioStartError(f"stdio MCP server `{self.command}` did not answer initialize within "
+                                          f"before answering {method}{self._stderr_hint(current)}")
+                raise StdioStartError(f"stdio MCP server `{self.command}` did not answer {method} within "
                                       f"{self.start_timeout:g}s{self._stderr_hint(current)}")
             response = future.result()
-            if "error" in response or not isinstance(response.get("result"), dict):
-                raise StdioStartError(f"stdio MCP server `{self.command}` refused initialize: "
-                                      f"{json.dumps(response.get('error'))}")
-            self.initialize_result = response["result"]
-            await self._write_raw(current, {"jsonrpc": "2.0", "method": "notifications/initialized"})
+            result = response.get("result")
+            if "error" in response or not isinstance(result, dict):
+                raise StdioStartError(f"stdio MCP server `{self.command}` refused {method}: "
+                                      f"{json.dumps(response.get('error'))}", error=response.get("error"))
+            if self.generation == "modern" and rpc.LATEST_MODERN_VERSION not in (result.get("supportedVersions") or []):
+                raise StdioStartError(f"stdio MCP server `{self.command}` does not support "
+                                      f"{rpc.LATEST_MODERN_VERSION} (server/discover: {result.get('supportedVersions')})")
+            self.initialize_result = result
+            if self.generation == "handshake":
+                await self._write_raw(current, {"jsonrpc": "2.0", "method": "notifications/initialized"})
             if current.exited.is_set():
                 raise StdioStartError(f"stdio MCP server `{self.command}` exited with code {proc.returncode} "
-                                      f"right after initialize{self._stderr_hint(current)}")
+                                      f"right after {method}{self._stderr_hint(current)}")
             current.ready = True  # no await between the check above and here: _on_exit sees one or the other
         except BaseException:
             self._pending.pop(init_id, None)
@@ -393,8 +419,23 @@ class StdioChild:
                 except Exception:  # noqa: BLE001 — a slow or gone client must not stall the child
                     log.debug("progress delivery failed", exc_info=True)
             return
+        meta = params.get("_meta") if isinstance(params.get("_meta"), dict) else {}
+        listen_id = meta.get(rpc.META_SUBSCRIPTION_ID)
+        if listen_id is not None and str(listen_id) in self._pending:
+            # 2026-07-28 subscriptions/listen: events tagged with the listen request's id
+            pending = self._pending[str(listen_id)]
+            if pending.on_event is not None:
+                event = dict(message, params=dict(params, _meta=dict(meta, **{
+                    rpc.META_SUBSCRIPTION_ID: pending.original_id})))
+                try:
+                    await pending.on_event(event)
+                except Exception:  # noqa: BLE001
+                    log.debug("subscription event delivery failed", exc_info=True)
+            return
         if message["method"] == "notifications/cancelled":
             return  # the child cancelling its own request to us: nothing in flight to stop
         if self.on_notification is not None:
             self.on_notification(message)
+        else:
+            log.debug("notification from the stdio server with no one to deliver it to: %.200s", message)
 

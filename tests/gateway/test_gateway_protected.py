@@ -170,6 +170,27 @@ def test_stdio_child_crash_is_survived(idp: IdP, gateway_process: Any) -> None:
     assert "exited with code 3" in gw.output()
 
 
+@pytest.mark.parametrize("mode", MODES)
+def test_stdio_official_sdk_server_in_both_generations(idp: IdP, gateway_process: Any, mode: str) -> None:
+    _, url = start_gateway(gateway_process, idp, "--upstream-stdio", " ".join(stdio_test_command()))
+    token = idp.token("tools/call:echo", url)
+
+    async def run() -> str:
+        async with mcp_client(url, token, mode=mode) as client:
+            assert {t.name for t in (await client.list_tools()).tools} == {"echo"}
+            before = (await client.call_tool("echo", {"text": "x"})).content[0].text
+            assert before.startswith("x (pid ")
+            with pytest.raises(MCPError) as refused:
+                await client.call_tool("crash", {})
+            assert "crash" in str(refused.value)
+            # refused at the gateway: the child never ran the tool, so it is the same process
+            assert (await client.call_tool("echo", {"text": "x"})).content[0].text == before
+            return client.protocol_version
+
+    version = anyio.run(run)
+    assert (version == "2026-07-28") == (mode == "auto")
+
+
 def test_stdio_command_that_cannot_start_exits_non_zero(idp: IdP, tmp_path: Path) -> None:
     exe = str(BIN / "cbst-gateway")
     start = time.monotonic()

@@ -182,7 +182,7 @@ def test_a_killed_child_is_restarted(py_bridge: tuple[str, StdioBridge]) -> None
 
 def test_a_child_that_cannot_start_is_a_clear_error() -> None:
     async def start(command: list[str]) -> str:
-        bridge = StdioBridge(command, start_timeout=5)
+        bridge = StdioBridge(command, start_timeout=2)
         with pytest.raises(StdioStartError) as info:
             await bridge.start()
         await bridge.aclose()
@@ -194,7 +194,7 @@ def test_a_child_that_cannot_start_is_a_clear_error() -> None:
     assert "exited with code 4 before answering initialize" in message and "no config" in message
     start_time = time.monotonic()
     message = anyio.run(start, [sys.executable, "-c", "import time; time.sleep(30)"])
-    assert "did not answer initialize within 5s" in message and time.monotonic() - start_time < 10
+    assert "did not answer initialize within 2s" in message and time.monotonic() - start_time < 8
 
 
 def test_a_child_that_keeps_crashing_is_fatal() -> None:
@@ -218,3 +218,39 @@ def test_a_child_that_keeps_crashing_is_fatal() -> None:
 
     anyio.run(run)
     assert reasons and "giving up" in reasons[0]
+
+
+# -- the 2026-07-28 generation, when the stdio server speaks it ------------------------------------
+
+def test_a_modern_client_gets_the_2026_generation_when_the_child_speaks_it(py_bridge: tuple[str, StdioBridge]) -> None:
+    """The official SDK's stdio server speaks both generations, one per connection: the gateway
+    runs a second process for 2026-07-28 clients, next to the handshake one."""
+    url, bridge = py_bridge
+    progress: list[float] = []
+
+    async def on_progress(value: float, total: float | None, message: str | None) -> None:
+        progress.append(value)
+
+    async def run() -> tuple[str, str, str, str]:
+        async with Client(url, mode="auto") as modern, Client(url, mode="legacy") as legacy:
+            m = (await modern.call_tool("echo", {"text": "m"})).content[0].text
+            slow = (await modern.call_tool("slow", {}, progress_callback=on_progress)).content[0].text
+            h = (await legacy.call_tool("echo", {"text": "h"})).content[0].text
+            return modern.protocol_version, legacy.protocol_version, m, h + slow
+
+    modern_version, legacy_version, m, h = anyio.run(run)
+    assert modern_version == "2026-07-28" and legacy_version != "2026-07-28"
+    assert bridge.modern_child is not None
+    assert m == f"m (pid {bridge.modern_child.pid})" and h == f"h (pid {bridge.child.pid})done"
+    assert progress == [1]
+
+
+def test_modern_can_be_switched_off(tmp_path: Path) -> None:
+    bridge = StdioBridge(stdio_test_command(), modern=False)
+    with ThreadedServer(bridge, lifespan="on") as srv:
+        async def run() -> str:
+            async with Client(srv.url + "/mcp", mode="auto") as client:
+                return client.protocol_version
+
+        assert anyio.run(run) != "2026-07-28"
+    assert bridge.modern_child is None
