@@ -22,8 +22,7 @@ import hashlib
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 from . import jws
 from .capabilities import CapabilityError, CapabilitySet
@@ -40,6 +39,22 @@ __all__ = [
 
 #: Longest ``sub``/``client_id``/``jti`` accepted (they end up in logs and cache keys).
 MAX_CLAIM_LENGTH = 512
+#: Parsed scopes remembered: a client's tokens repeat its scope string, and parsing a capability
+#: set (URI normalisation, matcher compilation) costs about as much as half a signature check.
+#: CapabilitySet is immutable, so sharing one between tokens is safe.
+_SCOPE_CACHE_SIZE = 4096
+_scope_cache: dict[str, CapabilitySet] = {}
+
+
+def parse_scope(scope: str) -> CapabilitySet:
+    """``CapabilitySet.parse`` with a bounded memo (raises :class:`CapabilityError`)."""
+    caps = _scope_cache.get(scope)
+    if caps is None:
+        caps = CapabilitySet.parse(scope)
+        if len(_scope_cache) >= _SCOPE_CACHE_SIZE:
+            _scope_cache.clear()
+        _scope_cache[scope] = caps
+    return caps
 
 
 class InvalidToken(Exception):
@@ -53,9 +68,8 @@ class UnknownSigningKey(InvalidToken):
     """The token names a ``kid`` not in the key set (a verifier may refetch the JWKS once)."""
 
 
-@dataclass(frozen=True, slots=True)
-class AccessToken:
-    """A verified CBST: who holds it and what it allows."""
+class AccessToken(NamedTuple):
+    """A verified CBST: who holds it and what it allows (immutable)."""
 
     issuer: str
     subject: str
@@ -67,7 +81,8 @@ class AccessToken:
     jti: str
     kid: str
     not_before: int | None = None
-    claims: Mapping[str, Any] = field(default_factory=dict, repr=False, compare=False)
+    #: All claims of the token, as verified (for ``act``, ``att``, ``authorization_details``...).
+    claims: Mapping[str, Any] = {}
 
     @property
     def client(self) -> str:
@@ -82,6 +97,8 @@ def token_hash(token: str) -> bytes:
 
 def _int_claim(claims: Mapping[str, Any], name: str, *, required: bool) -> int | None:
     value = claims.get(name)
+    if type(value) is int and -(2**53) < value < 2**53:  # the common case, fast
+        return value
     if value is None:
         if required:
             raise InvalidToken(f"token has no {name} claim")
@@ -144,13 +161,10 @@ def check_claims(
     if not isinstance(scope_text, str):
         raise InvalidToken("token scope claim is not a string")
     try:
-        scope = CapabilitySet.parse(scope_text)
+        scope = parse_scope(scope_text)
     except CapabilityError as exc:
         raise InvalidToken(f"token scope is not a valid capability set: {str(exc)[:200]}") from None
-    return AccessToken(
-        issuer=issuer, subject=subject, client_id=client_id, audience=audiences, scope=scope,
-        expires_at=exp, issued_at=iat, jti=jti, kid=kid, not_before=nbf, claims=dict(claims),
-    )
+    return AccessToken(issuer, subject, client_id, audiences, scope, exp, iat, jti, kid, nbf, claims)
 
 
 def verify_access_token(

@@ -192,6 +192,10 @@ class IssuerClient:
     def cached_keys(self) -> Mapping[str, PublicKey]:
         return self._keys
 
+    def fresh_keys(self) -> Mapping[str, PublicKey] | None:
+        """The key set if it is within its cache lifetime, else None (then await :meth:`keys`)."""
+        return self._keys if self._keys and self._clock() < self._jwks_expires else None
+
     async def keys(self) -> Mapping[str, PublicKey]:
         """The current key set, refetched when its cache lifetime has passed."""
         if self._keys and self._clock() < self._jwks_expires:
@@ -259,6 +263,10 @@ class IssuerClient:
     @property
     def revoked(self) -> frozenset[str]:
         return self._revoked
+
+    def revocations_fresh(self) -> bool:
+        """True when the revocation list is fresh and tokens may be accepted (no await needed)."""
+        return self._closed is None and self._clock() < self._revoked_fresh_until
 
     async def ensure_revocations(self) -> None:
         """Make sure the revocation list is at most ``revocation_poll_interval`` old.

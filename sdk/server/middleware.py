@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, MutableMapping
@@ -51,7 +52,7 @@ ACCESS_TOKEN_SCOPE_KEY = "cbst.access_token"
 log = logging.getLogger("cbst.server")
 _JSON = b"application/json"
 _MAX_SSE_EVENT = 16 * 1024 * 1024
-_TOKEN68 = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~+/=")
+_TOKEN68 = re.compile(rb"[A-Za-z0-9\-._~+/]+=*")  # RFC 6750 §2.1 b64token
 
 
 class _Refusal(Exception):
@@ -63,12 +64,16 @@ class _Refusal(Exception):
         self.detail = detail or message
 
 
-class _BodyTooLarge(Exception):
-    pass
+class _Needed:
+    """The capabilities a request needs, computed only when a challenge names them."""
 
+    __slots__ = ("requirements",)
 
-class _Disconnected(Exception):
-    pass
+    def __init__(self, requirements: list[rpc.Requirement]) -> None:
+        self.requirements = requirements
+
+    def __iter__(self) -> Any:
+        return (s for s in (r.scope for r in self.requirements) if s)
 
 
 def _header(headers: list[tuple[bytes, bytes]], name: bytes) -> bytes | None:
@@ -216,7 +221,7 @@ class CBSTMiddleware:
                     raise _Refusal(exc.status, exc.reason, exc.message, code=exc.code,
                                    request_id=exc.request_id) from None
             requirements = [rpc.required_capability(m) for m in messages]
-            token = await self._authenticate(headers, [r.scope for r in requirements if r.scope])
+            token = await self._authenticate(headers, requirements)
             if sid is not None:
                 self._check_session(sid, token)
             list_ids = self._authorize(token, messages, requirements)
@@ -285,7 +290,9 @@ class CBSTMiddleware:
             if not message.get("more_body", False):
                 return b"".join(chunks) if len(chunks) != 1 else chunks[0]
 
-    async def _authenticate(self, headers: list[tuple[bytes, bytes]], needed: list[str]) -> AccessToken:
+    async def _authenticate(self, headers: list[tuple[bytes, bytes]],
+                            requirements: list[rpc.Requirement]) -> AccessToken:
+        needed = _Needed(requirements)
         values = [v for k, v in headers if k == b"authorization"]
         if len(values) > 1:
             raise _Refusal(400, "invalid_request", "more than one Authorization header",
@@ -298,7 +305,7 @@ class CBSTMiddleware:
         raw = raw.strip(b" ")
         if scheme.lower() != b"bearer" or not raw:
             raise self._invalid("use the Bearer authorization scheme", needed, "invalid_request")
-        if len(raw) > MAX_TOKEN_LENGTH or not _TOKEN68.issuperset(raw):
+        if len(raw) > MAX_TOKEN_LENGTH or _TOKEN68.fullmatch(raw) is None:
             raise self._invalid("malformed bearer token", needed)
         try:
             return await self.verifier.verify(raw.decode("ascii"))
@@ -309,7 +316,7 @@ class CBSTMiddleware:
             raise _Refusal(503, "issuer_unavailable", "token verification is temporarily unavailable",
                            code=rpc.UNAVAILABLE, headers={"retry-after": "5"}, detail=str(exc)) from None
 
-    def _invalid(self, description: str, needed: list[str], error: str = "invalid_token") -> _Refusal:
+    def _invalid(self, description: str, needed: Any, error: str = "invalid_token") -> _Refusal:
         return _Refusal(401, error, description, code=rpc.UNAUTHORIZED, headers={
             "www-authenticate": bearer_challenge(self.config, error=error, description=description,
                                                  scope=needed)})
@@ -376,19 +383,19 @@ class CBSTMiddleware:
                         status: int | None, allowed: bool, reason: str, detail: str | None) -> None:
         duration = round((time.perf_counter() - t0) * 1000, 3)
         remote = _remote(scope)
-        base = dict(time=started, allowed=allowed, reason=reason, session_id=sid, status=status,
-                    duration_ms=duration, generation=generation or ("handshake" if messages else None),
-                    remote=remote, detail=detail)
-        if token is not None:
-            base.update(client_id=token.client_id, subject=token.subject, jti=token.jti)
+        gen = generation or ("handshake" if messages else None)
+        cid, sub, jti = (token.client_id, token.subject, token.jti) if token is not None else (None, None, None)
         if not messages:
-            self._emit(AuditEvent(method=f"HTTP {scope['method']}", **base))  # type: ignore[arg-type]
+            self._emit(AuditEvent(started, allowed, reason, f"HTTP {scope['method']}", None, None, sid, cid, sub,
+                                  jti, status, duration, gen, remote, detail))
             return
+        log_args = self.config.log_tool_arguments
         for msg in messages:
             if msg.kind == "response":
                 continue
-            event = AuditEvent(method=msg.method, target=msg.target, request_id=msg.id, **base)  # type: ignore[arg-type]
-            if self.config.log_tool_arguments and msg.params is not None and "arguments" in msg.params:
+            event = AuditEvent(started, allowed, reason, msg.method, msg.target, msg.id, sid, cid, sub, jti,
+                               status, duration, gen, remote, detail)
+            if log_args and msg.params is not None and "arguments" in msg.params:
                 event.arguments = msg.params["arguments"]
             self._emit(event)
 

@@ -146,7 +146,7 @@ def _one(obj: Any) -> Message:
 def parse_messages(body: bytes, *, max_batch: int) -> tuple[list[Message], bool]:
     """Parse a POST body: (messages, is_batch). Raises :class:`RPCRefusal`."""
     try:
-        data = json.loads(body)
+        data = json.loads(body.decode("utf-8"))
     except (UnicodeDecodeError, ValueError, RecursionError):
         raise RPCRefusal(400, PARSE_ERROR, "request body is not valid JSON", reason="malformed") from None
     if isinstance(data, list):
@@ -243,11 +243,24 @@ def check_routing_headers(raw_headers: Sequence[tuple[bytes, bytes]], messages: 
 @dataclass(slots=True, frozen=True)
 class Requirement:
     """What a message needs: nothing but a valid token (``open``), a list capability (filtered
-    result), or one capability (``scope`` names it for the challenge)."""
+    result), or one capability of ``method`` on ``target``."""
 
     open: bool = False
     list_method: str | None = None
-    scope: str | None = None
+    method: str | None = None
+    target: str | None = None
+
+    @property
+    def scope(self) -> str | None:
+        """The capability to name in a challenge (computed only when a challenge is sent)."""
+        if self.open:
+            return None
+        if self.list_method is not None:
+            return _list_scope(self.list_method)
+        try:
+            return CapabilitySet.required_for(self.method or "", self.target)
+        except CapabilityError:
+            return None  # cannot be written as a capability: nothing can allow it
 
 
 _OPEN = Requirement(open=True)
@@ -261,12 +274,8 @@ def required_capability(msg: Message) -> Requirement:
     if method in OPEN_METHODS or (msg.kind == "notification" and method.startswith("notifications/")):
         return _OPEN
     if method in LIST_FILTERS:
-        return Requirement(list_method=method, scope=_list_scope(method))
-    try:
-        scope = CapabilitySet.required_for(method, msg.target)
-    except CapabilityError:
-        scope = None  # cannot be written as a capability: nothing can allow it
-    return Requirement(scope=scope)
+        return Requirement(list_method=method)
+    return Requirement(method=method, target=msg.target)
 
 
 def _list_scope(method: str) -> str:

@@ -30,14 +30,16 @@ class TokenVerifier:
 
     async def verify(self, token: str) -> AccessToken:
         """The verified token, or :class:`InvalidToken` / :class:`IssuerUnavailable`."""
-        await self.issuer.ensure_revocations()
+        issuer = self.issuer
+        if not issuer.revocations_fresh():  # the fast path stays synchronous
+            await issuer.ensure_revocations()
         now = self._clock()
         key = token_hash(token)
-        hit = self.cache.get(key, now, self.issuer.is_revoked)
+        hit = self.cache.get(key, now, issuer.is_revoked)
         if hit is not None:
             return hit
         cfg = self.config
-        keys = await self.issuer.keys()
+        keys = issuer.fresh_keys() or await issuer.keys()
         try:
             result = verify_access_token(token, keys, issuer=cfg.issuer, audience=cfg.resource,
                                          now=now, leeway=cfg.clock_skew)
