@@ -10,6 +10,15 @@ from .common import JsonOpt, emit_json, fail, load_settings, out
 app = typer.Typer(help="Database schema.", no_args_is_help=True)
 
 
+def _reason(exc: Exception) -> str:
+    """One line: the driver's first line, without SQLAlchemy's multi-line wrapping."""
+    orig = getattr(exc, "orig", None)
+    if orig is not None:
+        exc = orig
+    lines = str(exc).strip().splitlines()
+    return f"{exc.__class__.__name__}: {lines[0] if lines else ''}"
+
+
 @app.command("upgrade")
 def upgrade(as_json: JsonOpt = False) -> None:
     """Apply pending migrations."""
@@ -19,7 +28,7 @@ def upgrade(as_json: JsonOpt = False) -> None:
         db.upgrade(engine)
         rev = db.current_revision(engine)
     except Exception as exc:  # noqa: BLE001
-        fail(f"migration failed: {exc}", as_json=as_json)
+        fail(f"migration failed: {_reason(exc)}", as_json=as_json)
     if as_json:
         emit_json({"revision": rev})
     else:
@@ -33,5 +42,5 @@ def current(as_json: JsonOpt = False) -> None:
     try:
         rev = db.current_revision(db.create_db_engine(settings.database_url))
     except Exception as exc:  # noqa: BLE001
-        fail(f"cannot read the database: {exc}", as_json=as_json)
+        fail(f"cannot read the database: {_reason(exc)}", as_json=as_json)
     emit_json({"revision": rev}) if as_json else out.print(f"schema at revision [bold]{rev or 'none'}[/]")
