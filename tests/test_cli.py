@@ -175,6 +175,8 @@ def _check_refusals(cases: list[tuple[list[str], dict[str, str], str]], env: dic
             continue
         if not line.startswith("error:") or expect.lower() not in line.lower() or expect.lower() not in json_error.lower():
             problems.append(f"{args} {extra}: error does not say {expect!r}: {line!r}")
+        if "hunter2" in res.stdout + res.stderr + (res_json.stdout if res_json else ""):
+            problems.append(f"{args} {extra}: the database password is shown")
     assert not problems, "\n".join(problems)
 
 
@@ -220,6 +222,8 @@ def test_invalid_configuration_is_refused_with_a_clear_error_and_creates_nothing
         (add, {"IDP_DATABASE_URL": "mysql://x/y"}, "unsupported database"),
         (add, {"IDP_CONFIG": str(tmp_path / "missing.toml")}, "missing.toml"),
     ]
+    unreachable = {"IDP_DATABASE_URL": "postgresql://idp:hunter2@127.0.0.1:1/idp"}
+    cases += [([*cmd], unreachable, "127.0.0.1") for cmd in (["clients", "list"], ["db", "upgrade"], ["db", "current"])]
     _check_refusals(cases, env)
     # Usage errors (click) exit 2, also without a traceback.
     for args in (["clients", "add", "x"], ["--config", str(tmp_path / "nope.toml"), "config", "show"],
