@@ -143,10 +143,28 @@ def _one(obj: Any) -> Message:
     return msg
 
 
+class _DuplicateKey(ValueError):
+    pass
+
+
+def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    obj = dict(pairs)
+    if len(obj) != len(pairs):
+        raise _DuplicateKey
+    return obj
+
+
 def parse_messages(body: bytes, *, max_batch: int) -> tuple[list[Message], bool]:
-    """Parse a POST body: (messages, is_batch). Raises :class:`RPCRefusal`."""
+    """Parse a POST body: (messages, is_batch). Raises :class:`RPCRefusal`.
+
+    Objects with a repeated member are refused: parsers disagree on which copy wins
+    (``{"name": "echo", "name": "delete-file"}``), and the app must see what was checked.
+    """
     try:
-        data = json.loads(body.decode("utf-8"))
+        data = json.loads(body.decode("utf-8"), object_pairs_hook=_no_duplicates)
+    except _DuplicateKey:
+        raise RPCRefusal(400, INVALID_REQUEST, "a JSON object in the request repeats a member",
+                         reason="malformed") from None
     except (UnicodeDecodeError, ValueError, RecursionError):
         raise RPCRefusal(400, PARSE_ERROR, "request body is not valid JSON", reason="malformed") from None
     if isinstance(data, list):

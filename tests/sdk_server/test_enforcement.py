@@ -18,6 +18,8 @@ from typing import Any
 import anyio
 import httpx
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from sdk.server import ACCESS_TOKEN_SCOPE_KEY, AuditEvent, CBSTMiddleware, ProtectionConfig
 from sdk_server_support import IdP, MCPUnderTest, RecordingApp, legacy_headers, modern_headers, modern_meta, rpc
@@ -249,6 +251,9 @@ async def test_malformed_requests_get_clear_errors_never_500(idp: IdP) -> None:
             (json.dumps({"jsonrpc": "2.0", "id": 1, "method": "tools/call"}), h, 400, -32602),
             (json.dumps({"jsonrpc": "2.0", "id": 1, "result": {}, "error": {}}), h, 400, -32600),
             (json.dumps("just a string"), h, 400, -32600),
+            # parsers disagree on which copy of a repeated member wins: refused outright
+            (b'{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"echo","name":"delete-file"}}', h, 400, -32600),
+            (b'{"jsonrpc":"2.0","id":1,"method":"tools/list","method":"tools/call","params":{"name":"x"}}', h, 400, -32600),
             (json.dumps(tool("echo")), {**h, "Content-Type": "text/plain"}, 415, None),
             (json.dumps(tool("echo")), {k: v for k, v in h.items() if k != "Content-Type"}, 415, None),
             (json.dumps(tool("echo")), {**h, "Content-Type": "application/jsonx"}, 415, None),
@@ -371,3 +376,60 @@ def test_default_audit_sink_logs_json_lines(idp: IdP, caplog: pytest.LogCaptureF
     line = json.loads(caplog.records[-1].getMessage())
     assert line == {"event": "mcp.call", "time": 1.0, "allowed": False, "reason": "insufficient_scope",
                     "method": "tools/call", "target": "x"}
+
+
+# --- fuzz: whatever the body, a clear answer and never a 500 ------------------------------------------------
+
+_json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=20),
+    lambda children: st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=8), children, max_size=4),
+    max_leaves=12,
+)
+_methods = st.sampled_from(["tools/call", "tools/list", "resources/read", "prompts/get", "initialize", "ping",
+                            "notifications/initialized", "resources/subscribe", "x/y", ""])
+_messages = st.fixed_dictionaries(
+    {"jsonrpc": st.sampled_from(["2.0", "2.0", "1.0"]), "method": _methods},
+    optional={"id": st.one_of(st.integers(), st.text(max_size=5), st.none(), st.booleans()),
+              "params": st.one_of(_json_values, st.fixed_dictionaries(
+                  {}, optional={"name": st.one_of(st.sampled_from(["echo", "delete-file"]), _json_values),
+                                "uri": st.one_of(st.sampled_from(["file:///docs/a.md", "file:///docs/../etc/x"]), _json_values),
+                                "arguments": _json_values}))},
+)
+
+
+@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(body=st.one_of(_messages, st.lists(_messages, max_size=4), _json_values, st.binary(max_size=64)),
+       name_header=st.one_of(st.none(), st.sampled_from(["echo", "delete-file", "=?base64?ZWNobw==?=", "=?base64?!?="])),
+       modern=st.booleans())
+def test_fuzzed_requests_never_500_and_never_reach_the_app_unchecked(idp: IdP, fuzz_token: str, body: Any,
+                                                                      name_header: str | None, modern: bool) -> None:
+    app = RecordingApp()
+
+    async def main() -> int:
+        mw = CBSTMiddleware(app, ProtectionConfig(issuer=idp.url, resource=RES, tool_rate=None))
+        content = body if isinstance(body, bytes) else json.dumps(body).encode()
+        h = legacy_headers(fuzz_token)
+        if modern:
+            h["MCP-Protocol-Version"] = "2026-07-28"
+        if name_header is not None:
+            h["Mcp-Name"] = name_header
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=mw), base_url="http://127.0.0.1:9") as c:
+            resp = await c.post("/mcp", content=content, headers=h)
+        await mw.aclose()
+        return resp.status_code
+
+    status = anyio.run(main)
+    assert status in {200, 202, 400, 403}, status
+    for seen in app.seen:  # whatever reached the app was allowed by the token
+        data = json.loads(seen["body"])
+        for msg in data if isinstance(data, list) else [data]:
+            if msg.get("method") == "tools/call":
+                assert msg["params"]["name"] == "echo"
+            if msg.get("method") in ("resources/read", "resources/subscribe"):
+                assert msg["params"]["uri"] == "file:///docs/a.md"
+            assert msg.get("method") != "prompts/get"
+
+
+@pytest.fixture(scope="module")
+def fuzz_token(idp: IdP) -> str:
+    return idp.new_token("tools/call:echo resources/read:file:///docs/**", RES)
