@@ -134,9 +134,13 @@ class HTTPUpstreamProxy:
             await rpc.send_errors(send, 504, ids, rpc.INTERNAL_ERROR,
                                   f"upstream MCP server {self.upstream} did not answer within {self.timeout:g}s")
             return
-        except httpx.HTTPError as exc:
+        except httpx.ConnectError as exc:
             await rpc.send_errors(send, 502, ids, rpc.INTERNAL_ERROR,
                                   f"upstream MCP server {self.upstream} is unreachable: {_describe(exc)}")
+            return
+        except httpx.HTTPError as exc:  # not HTTP, connection dropped, ...
+            await rpc.send_errors(send, 502, ids, rpc.INTERNAL_ERROR,
+                                  f"upstream MCP server {self.upstream} failed before answering: {_describe(exc)}")
             return
         try:
             await self._answer(response, receive, send, ids)

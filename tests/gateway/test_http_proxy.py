@@ -159,6 +159,34 @@ def find_mcp_error(exc: BaseException) -> MCPError:
     raise AssertionError(f"no MCPError in {exc!r}")
 
 
+class _NotHTTP:
+    """A TCP server that answers every connection with bytes that are not HTTP, then hangs up."""
+
+    def __enter__(self) -> int:
+        import socket
+        import threading
+
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen()
+
+        def serve() -> None:
+            while True:
+                try:
+                    conn, _ = self.sock.accept()
+                except OSError:
+                    return
+                with conn:
+                    conn.recv(65536)
+                    conn.sendall(b"SSH-2.0-OpenSSH_9.6 not an HTTP server\r\n\r\n")
+
+        threading.Thread(target=serve, daemon=True).start()
+        return int(self.sock.getsockname()[1])
+
+    def __exit__(self, *exc: object) -> None:
+        self.sock.close()
+
+
 def _assert_gateway_error(r: httpx.Response, upstream: str, status: int, words: str) -> None:
     assert r.status_code == status, r.text
     body = r.json()
@@ -168,7 +196,7 @@ def _assert_gateway_error(r: httpx.Response, upstream: str, status: int, words: 
 
 
 @pytest.mark.parametrize("case", ["refused", "timeout", "http-500", "garbage-json", "wrong-content-type",
-                                  "upstream-wants-its-own-auth"])
+                                  "upstream-wants-its-own-auth", "not-http"])
 def test_upstream_failure_is_a_clear_jsonrpc_error(case: str) -> None:
     apps = {"timeout": _hang, "http-500": _fixed(500, "text/plain", b"Traceback (most recent call last): ..."),
             "garbage-json": _fixed(200, "application/json", b"{not json"),
@@ -177,7 +205,8 @@ def test_upstream_failure_is_a_clear_jsonrpc_error(case: str) -> None:
     expect = {"refused": (502, "unreachable"), "timeout": (504, "did not answer within 1s"),
               "http-500": (502, "answered HTTP 500"), "garbage-json": (502, "not JSON-RPC"),
               "wrong-content-type": (502, "not JSON-RPC"),
-              "upstream-wants-its-own-auth": (502, "refused the gateway (HTTP 401)")}
+              "upstream-wants-its-own-auth": (502, "refused the gateway (HTTP 401)"),
+              "not-http": (502, "failed before answering")}
     status, words = expect[case]
 
     def check(upstream: str) -> None:
@@ -189,6 +218,9 @@ def test_upstream_failure_is_a_clear_jsonrpc_error(case: str) -> None:
 
     if case == "refused":
         check(f"http://127.0.0.1:{free_port()}/mcp")
+    elif case == "not-http":
+        with _NotHTTP() as port:
+            check(f"http://127.0.0.1:{port}/mcp")
     else:
         with ThreadedServer(apps[case]) as up:
             check(up.url + "/mcp")
