@@ -38,6 +38,7 @@ from .stdio_child import StdioChild, StdioStartError
 log = logging.getLogger("cbst.gateway.stdio")
 
 SESSION_QUEUE_SIZE = 1000
+MODERN_PROBE_TIMEOUT = 10.0  # seconds for the 2026-07-28 process to answer server/discover
 KEEPALIVE_SECONDS = 15.0
 
 
@@ -224,7 +225,11 @@ class StdioBridge:
         if self._modern_state == "unknown":
             async with self._modern_lock:
                 if self._modern_state == "unknown":
-                    child = StdioChild(self._child_argv, generation="modern", **self._child_options)
+                    # A server that ignores unknown methods (against JSON-RPC) must not stall the
+                    # first 2026-07-28 client for the whole start timeout.
+                    options = dict(self._child_options,
+                                   start_timeout=min(self._child_options["start_timeout"], MODERN_PROBE_TIMEOUT))
+                    child = StdioChild(self._child_argv, generation="modern", **options)
                     try:
                         await child.start()
                     except StdioStartError as exc:
