@@ -54,8 +54,9 @@ class IdP:
         return record.client_id, secret
 
     def revoke_cli(self, jti: str) -> None:
-        """Revoke a token with the admin CLI (``idp tokens revoke JTI``)."""
-        done = run_cli("tokens", "revoke", jti, "--json", env=self.env)
+        """Revoke a token with the admin CLI (``idp tokens revoke --json -- JTI``: a jti is
+        base64url and may start with ``-``, which would otherwise read as an option)."""
+        done = run_cli("tokens", "revoke", "--json", "--", jti, env=self.env)
         assert done.returncode == 0, done.stderr + done.stdout
 
 

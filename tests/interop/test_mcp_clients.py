@@ -41,8 +41,9 @@ MCP1_PYTHON = Path(os.environ.get("CBST_MCP1_PYTHON", ROOT / ".venv-mcp1" / "bin
 INSTALL_HINT = "install the interop runtimes with `make interop-deps`"
 OTHER_AUDIENCE = "http://127.0.0.1:9/other-mcp"
 MODERN = "2026-07-28"
-#: A revoked token must be refused after the poll interval plus one fetch of the list.
-REVOCATION_BOUND = REVOCATION_POLL + 1.5
+#: A revoked token must be refused within the server's poll interval plus one fetch of the list
+#: (docs/sdk-server.md); the fetch is given generous time, as the machine may be loaded.
+REVOCATION_BOUND = REVOCATION_POLL + 4.0
 DRIVER_TIMEOUT = 60
 
 CAPABILITIES = "tools/call:echo resources/read:file:///docs/** prompts/get:summarize"
@@ -257,6 +258,20 @@ def test_a_token_for_another_audience_is_refused(drive: Any, limited: dict[str, 
     assert "ok" not in run.results.get("echo", {})
 
 
+def wait_until_refused(url: str, token: str, since: float) -> float:
+    """Poll the server with ``token`` until it answers 401; the seconds since ``since``.
+    Fails if that takes longer than REVOCATION_BOUND."""
+    headers = {"Authorization": f"Bearer {token}", "Accept": "application/json, text/event-stream"}
+    body = {"jsonrpc": "2.0", "id": 1, "method": "tools/list", "params": {}}
+    while True:
+        status = httpx.post(url, headers=headers, json=body, timeout=10).status_code
+        elapsed = time.monotonic() - since
+        if status == 401:
+            return elapsed
+        assert elapsed < REVOCATION_BOUND, f"revoked token still accepted after {elapsed:.1f} s (HTTP {status})"
+        time.sleep(0.1)
+
+
 def _revoke_via_cli(idp: IdP, token: str) -> None:
     idp.revoke_cli(claims_of(token)["jti"])
 
@@ -278,9 +293,9 @@ def test_a_revoked_token_stops_working_within_the_bound(drive: Any, idp: IdP, li
 
         def on_pause(events: list[dict[str, Any]]) -> None:
             token = next(e["token"] for e in events if e.get("event") == "token")
+            t0 = time.monotonic()
             _revoke_via_endpoint(idp, limited, token)
-            revoked_at.append(time.monotonic())
-            time.sleep(REVOCATION_BOUND)
+            revoked_at.append(wait_until_refused(limited["resource"], token, t0))
     else:  # a fixed token, revoked by the admin CLI
         token = ClientCredentials(limited["issuer"], limited["client_id"], client_secret=limited["client_secret"],
                                   scope="tools/call:echo", resource=limited["resource"]).get_token().value
@@ -289,8 +304,7 @@ def test_a_revoked_token_stops_working_within_the_bound(drive: Any, idp: IdP, li
         def on_pause(events: list[dict[str, Any]]) -> None:
             t0 = time.monotonic()
             _revoke_via_cli(idp, token)
-            revoked_at.append(t0)
-            time.sleep(max(0.0, REVOCATION_BOUND - (time.monotonic() - t0)))
+            revoked_at.append(wait_until_refused(limited["resource"], token, t0))
 
     run = drive(kind, auth, ops, on_pause)
     assert run.ok("before") == {"text": "echo: 1", "is_error": False}
@@ -309,8 +323,9 @@ def test_client_credentials_replace_a_revoked_token(idp: IdP, mcp_server: McpSer
     def on_pause(events: list[dict[str, Any]]) -> None:
         assert creds.token is not None
         old.append(creds.token.value)
+        t0 = time.monotonic()
         _revoke_via_cli(idp, old[0])
-        time.sleep(REVOCATION_BOUND)
+        wait_until_refused(mcp_server.url, old[0], t0)
 
     ops = [{"id": "before", "op": "call_tool", "name": "echo", "arguments": {"text": "1"}}, {"op": "pause"},
            {"id": "after", "op": "call_tool", "name": "echo", "arguments": {"text": "2"}}]
