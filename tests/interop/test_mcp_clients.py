@@ -354,3 +354,23 @@ def test_step_up_through_the_mcp_client(drive: Any, idp: IdP, mcp_server: McpSer
     assert run.ok("add") == {"text": "5", "is_error": False}
     assert run.ok("tools_after") == ["add", "echo"]
     assert_forbidden(run.error("delete"))  # beyond the registration: the IdP refuses the step-up
+
+
+@pytest.mark.parametrize("mode", ["auto", "legacy"])
+def test_private_key_jwt_client_through_the_mcp_2x_client(idp: IdP, mcp_server: McpServer, mode: str) -> None:
+    from sdk.jws import PrivateKey
+
+    key = PrivateKey.generate("ES256")
+    jwks = ClientCredentials(idp.url, "unused", private_key=key).public_jwks()
+    client_id, _ = idp.register("interop-pkjwt", capabilities=CAPABILITIES, audiences=(mcp_server.url,),
+                                auth_method="private_key_jwt", jwks=jwks)
+    creds = ClientCredentials(idp.url, client_id, private_key=key, scope="tools/call:echo", resource=mcp_server.url)
+    ops = [{"id": "list_tools", "op": "list_tools"}, OPS[1], {"id": "read_doc", "op": "read_resource",
+                                                              "uri": "file:///docs/a.md"}]
+    run = run_py2({"url": mcp_server.url, "mode": mode, "auth": {}, "ops": ops}, credentials=creds)
+    assert run.ok("list_tools") == ["echo"]
+    assert run.ok("echo") == {"text": "echo: hi", "is_error": False}
+    assert run.ok("read_doc") == "document A"  # stepped up: the registration allows the docs
+    # The server challenges for exactly what the request needs; the IdP grants it (it is under
+    # the registered resources/read:file:///docs/**).
+    assert creds.scope == "tools/call:echo resources/read:file:///docs/a.md" and creds.token_requests == 2
