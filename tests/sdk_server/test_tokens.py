@@ -232,3 +232,52 @@ def test_authorization_header_variants(idp: IdP, mcp_json_server: MCPUnderTest) 
     # a token in the query string is not a credential here (RFC 6750 §2.3 is not supported)
     resp = httpx.post(mcp_json_server.url + f"?access_token={token}", json=rpc("tools/list"), headers=legacy_headers())
     assert resp.status_code == 401
+
+
+def test_a_cached_token_stops_working_when_it_expires(idp: IdP) -> None:
+    from sdk_server_support import protected_example
+
+    with protected_example(idp, stateless=True, json_response=True, clock_skew=0, tool_rate=None) as srv:
+        now = int(time.time())
+        token = signer(idp).sign(claims_for(idp, srv.resource, iat=now, exp=now + 2))
+        assert call(srv, token).status_code == 200
+        assert call(srv, token).status_code == 200  # from the verified-token cache
+        assert len(srv.middleware.verifier.cache) >= 1
+        time.sleep(max(0.0, now + 2 - time.time()) + 0.1)
+        assert_invalid(call(srv, token), "expired")
+
+
+def test_websockets_are_closed_and_public_paths_need_no_token(idp: IdP) -> None:
+    import anyio
+
+    from sdk.server import CBSTMiddleware, ProtectionConfig
+
+    reached: list[str] = []
+
+    async def app(scope: dict, receive: object, send: object) -> None:
+        reached.append(scope["type"] + " " + scope.get("path", ""))
+        if scope["type"] == "http":
+            await send({"type": "http.response.start", "status": 200, "headers": []})  # type: ignore[operator]
+            await send({"type": "http.response.body", "body": b"ok"})  # type: ignore[operator]
+
+    mw = CBSTMiddleware(app, ProtectionConfig(issuer=idp.url, resource="http://127.0.0.1:9/mcp",
+                                              public_paths=["/healthz"]))
+
+    async def main() -> None:
+        sent: list[dict] = []
+
+        async def send(m: dict) -> None:
+            sent.append(m)
+
+        async def receive() -> dict:
+            return {"type": "websocket.connect"}
+
+        await mw({"type": "websocket", "path": "/mcp", "headers": []}, receive, send)
+        assert sent == [{"type": "websocket.close", "code": 1008}]
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=mw), base_url="http://127.0.0.1:9") as c:
+            assert (await c.get("/healthz")).status_code == 200
+            assert (await c.get("/healthz/x")).status_code == 401
+        await mw.aclose()
+
+    anyio.run(main)
+    assert reached == ["http /healthz"]
