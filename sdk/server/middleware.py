@@ -153,12 +153,15 @@ class CBSTMiddleware:
 
     async def warm_up(self) -> bool:
         """Fetch the IdP metadata, JWKS and revocation list now; False (logged) on failure."""
+        import anyio
+
         try:
-            await self.verifier.issuer.keys()
-            await self.verifier.issuer.ensure_revocations()
+            with anyio.fail_after(self.config.http_timeout * 2):  # never hold up startup for long
+                await self.verifier.issuer.keys()
+                await self.verifier.issuer.ensure_revocations()
             return True
-        except IssuerUnavailable as exc:
-            log.warning("cbst: IdP not reachable at startup (%s); will retry per request", exc)
+        except (IssuerUnavailable, TimeoutError) as exc:
+            log.warning("cbst: IdP not reachable at startup (%s); will retry per request", exc or "timeout")
             return False
 
     async def aclose(self) -> None:
