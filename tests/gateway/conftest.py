@@ -93,15 +93,20 @@ def http_upstream() -> Iterator[tuple[str, HeaderRecorder]]:
 @pytest.fixture(scope="session")
 def filesystem_server() -> Path:
     """The npm-installed ``@modelcontextprotocol/server-filesystem`` (``npm ci`` on first use)."""
+    import fcntl
+
     lock = NPM_DIR / "package-lock.json"
     stamp = NPM_DIR / "node_modules" / ".package-lock.json"
-    if not FILESYSTEM_SERVER.exists() or not stamp.exists() or stamp.stat().st_mtime < lock.stat().st_mtime:
-        npm = shutil.which("npm")
-        if npm is None:
-            pytest.fail("npm is needed for the stdio interop tests (Node 18+); run `npm ci --prefix tests/gateway/npm`")
-        done = subprocess.run([npm, "ci", "--no-audit", "--no-fund", "--prefix", str(NPM_DIR)],
-                              capture_output=True, text=True, timeout=300)
-        assert done.returncode == 0, f"npm ci failed:\n{done.stdout}\n{done.stderr}"
+    with open(NPM_DIR / ".install.lock", "w") as guard:  # pytest-xdist workers install once
+        fcntl.flock(guard, fcntl.LOCK_EX)
+        if not FILESYSTEM_SERVER.exists() or not stamp.exists() or stamp.stat().st_mtime < lock.stat().st_mtime:
+            npm = shutil.which("npm")
+            if npm is None:
+                pytest.fail("npm is needed for the stdio interop tests (Node 18+): "
+                            "run `npm ci --prefix tests/gateway/npm`")
+            done = subprocess.run([npm, "ci", "--no-audit", "--no-fund", "--prefix", str(NPM_DIR)],
+                                  capture_output=True, text=True, timeout=300)
+            assert done.returncode == 0, f"npm ci failed:\n{done.stdout}\n{done.stderr}"
     assert FILESYSTEM_SERVER.exists()
     return FILESYSTEM_SERVER
 
