@@ -249,3 +249,26 @@ def test_a_port_in_use_is_exit_status_1(http_upstream: tuple[str, Any]) -> None:
                                f"http://127.0.0.1:{port}/mcp", "--port", str(port), "--upstream", http_upstream[0]],
                               capture_output=True, text=True, timeout=60)
     assert done.returncode == 1 and "address already in use" in done.stderr
+
+
+def test_gateway_serves_resource_metadata_and_rate_limits(idp: IdP, gateway_process: Any,
+                                                          http_upstream: tuple[str, Any]) -> None:
+    _, url = start_gateway(gateway_process, idp, "--upstream", http_upstream[0], tool_rate="1")
+    meta = httpx.get(url.replace("/mcp", "/.well-known/oauth-protected-resource/mcp"))
+    assert meta.status_code == 200
+    assert meta.json()["resource"] == url and idp.url in meta.json()["authorization_servers"]
+    token = idp.token("tools/call:echo", url)
+    headers = {"accept": "application/json, text/event-stream", "content-type": "application/json",
+               "authorization": f"Bearer {token}"}
+    init = {"jsonrpc": "2.0", "id": 1, "method": "initialize",
+            "params": {"protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "t", "version": "0"}}}
+    r = httpx.post(url, json=init, headers=headers)
+    headers |= {"mcp-session-id": r.headers["mcp-session-id"], "mcp-protocol-version": "2025-06-18"}
+    statuses = []
+    for i in range(3):
+        call = {"jsonrpc": "2.0", "id": 10 + i, "method": "tools/call", "params": {"name": "echo", "arguments": {"text": "x"}}}
+        r = httpx.post(url, json=call, headers=headers)
+        statuses.append(r.status_code)
+        if r.status_code == 429:
+            assert int(r.headers["retry-after"]) >= 1
+    assert statuses[0] == 200 and 429 in statuses[1:]
