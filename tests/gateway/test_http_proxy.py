@@ -53,6 +53,21 @@ def test_official_client_works_through_the_proxy(proxy: str, mode: str) -> None:
 
 
 @pytest.mark.parametrize("mode", ["legacy", "auto"])
+def test_a_stateless_json_upstream_works_through_the_proxy(mode: str) -> None:
+    from .upstream_servers import build_http_server
+
+    upstream = build_http_server().streamable_http_app(stateless_http=True, json_response=True)
+    with ThreadedServer(upstream, lifespan="on") as up, \
+            ThreadedServer(HTTPUpstreamProxy(up.url + "/mcp"), lifespan="on") as gw:
+        async def run() -> None:
+            async with Client(gw.url + "/mcp", mode=mode) as client:
+                assert "echo" in {t.name for t in (await client.list_tools()).tools}
+                assert (await client.call_tool("echo", {"text": "json"})).content[0].text == "json"
+
+        anyio.run(run)
+
+
+@pytest.mark.parametrize("mode", ["legacy", "auto"])
 def test_sse_progress_reaches_the_client_before_the_result_is_produced(proxy: str, mode: str) -> None:
     """The upstream tool waits until the client has *seen* its progress event; a buffering
     proxy would hold that event back until the result, and the tool would time out."""
