@@ -211,10 +211,12 @@ class CBSTMiddleware:
         is_batch = False
         generation: str | None = None
         token: AccessToken | None = None
-        session_id = _header(headers, b"mcp-session-id")
-        sid = session_id.decode("latin-1")[:256] if session_id is not None else None
+        session_ids = [v for k, v in headers if k == b"mcp-session-id"]
+        sid = session_ids[0].decode("latin-1")[:256] if session_ids else None
         body = b""
         try:
+            if len(session_ids) > 1:  # first-copy and last-copy readers would disagree
+                raise _Refusal(400, "malformed", "more than one Mcp-Session-Id header", code=rpc.INVALID_REQUEST)
             if method == "POST":
                 body = await self._read_body(headers, receive)
                 try:
@@ -235,7 +237,7 @@ class CBSTMiddleware:
                                  refusal.status, False, refusal.reason, refusal.detail)
             return
 
-        status_box = [0]
+        status_box: list[Any] = [0, sid]
         is_initialize = not is_batch and messages and messages[0].method == "initialize"
 
         async def send_status(message: Message) -> None:
@@ -244,7 +246,8 @@ class CBSTMiddleware:
                 if is_initialize:
                     new_sid = _header(message.get("headers") or [], b"mcp-session-id")
                     if new_sid is not None:
-                        self._pin(new_sid.decode("latin-1")[:256], token)
+                        status_box[1] = new_sid.decode("latin-1")[:256]
+                        self._pin(status_box[1], token)
             await send(message)
 
         downstream: Send = send_status
@@ -255,7 +258,7 @@ class CBSTMiddleware:
             await self.app(self._inner_scope(scope, token), inner_receive, downstream)
         finally:
             if messages:
-                self._audit_messages(scope, started, t0, messages, token, sid, generation,
+                self._audit_messages(scope, started, t0, messages, token, status_box[1], generation,
                                      status_box[0] or None, True, "allowed", None)
 
     def _inner_scope(self, scope: Scope, token: AccessToken) -> Scope:

@@ -301,6 +301,11 @@ def test_a_session_is_pinned_to_the_client_that_opened_it(idp: IdP, mcp_server: 
     assert httpx.delete(mcp_server.url, headers=legacy_headers(mallory, sid)).status_code == 403
     ok = httpx.post(mcp_server.url, json=tool("echo", 3, text="x"), headers=legacy_headers(alice, sid))
     assert ok.status_code == 200 and '"x"' in ok.text
+    two = httpx.post(mcp_server.url, json=tool("echo", 4, text="x"),
+                     headers=[*legacy_headers(alice, sid).items(), ("Mcp-Session-Id", "other")])
+    assert two.status_code == 400
+    init_events = [e for e in mcp_server.events if e.method == "initialize" and e.session_id == sid]
+    assert init_events and init_events[0].allowed  # the audit names the session initialize opened
 
 
 # --- what the app gets -------------------------------------------------------------------------------------
