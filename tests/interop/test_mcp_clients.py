@@ -106,16 +106,21 @@ def node() -> str:
 
 @pytest.fixture(scope="session")
 def ts_sdk(node: str) -> Path:
-    """``npm ci`` in tests/interop/ts when its node_modules is missing or older than the lockfile."""
+    """``npm ci`` in tests/interop/ts when its node_modules is missing or older than the lockfile
+    (under a file lock, so pytest-xdist workers install once)."""
+    import fcntl
+
     installed = TS_DIR / "node_modules" / ".package-lock.json"
-    if not installed.exists() or installed.stat().st_mtime < (TS_DIR / "package-lock.json").stat().st_mtime:
-        npm = shutil.which("npm")
-        if npm is None:
-            pytest.fail(f"npm is not on PATH, and tests/interop/ts/node_modules is missing; {INSTALL_HINT}")
-        done = subprocess.run([npm, "ci", "--no-audit", "--no-fund"], cwd=TS_DIR, capture_output=True, text=True,
-                              timeout=300)
-        if done.returncode != 0:
-            pytest.fail(f"`npm ci` in {TS_DIR} failed:\n{done.stdout}\n{done.stderr}")
+    with open(TS_DIR / ".npm-ci.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not installed.exists() or installed.stat().st_mtime < (TS_DIR / "package-lock.json").stat().st_mtime:
+            npm = shutil.which("npm")
+            if npm is None:
+                pytest.fail(f"npm is not on PATH, and tests/interop/ts/node_modules is missing; {INSTALL_HINT}")
+            done = subprocess.run([npm, "ci", "--no-audit", "--no-fund"], cwd=TS_DIR, capture_output=True,
+                                  text=True, timeout=300)
+            if done.returncode != 0:
+                pytest.fail(f"`npm ci` in {TS_DIR} failed:\n{done.stdout}\n{done.stderr}")
     return TS_DIR / "driver.mjs"
 
 
