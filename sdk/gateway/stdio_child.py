@@ -104,6 +104,7 @@ class StdioChild:
         self._crashes: collections.deque[float] = collections.deque()
         self._closing = False
         self._supervisor: asyncio.Task[None] | None = None
+        self._tasks: set[asyncio.Task[Any]] = set()
 
     # -- public --------------------------------------------------------------------------
     @property
@@ -127,6 +128,11 @@ class StdioChild:
             self._supervisor.cancel()
         await self._terminate()
         self._fail_pending("the gateway is shutting down")
+
+    def _background(self, coro: Any) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)  # keep a reference until it is done
+        task.add_done_callback(self._tasks.discard)
 
     def next_id(self) -> str:
         return f"cbst-{next(self._ids)}"
@@ -159,6 +165,7 @@ class StdioChild:
             try:
                 return await asyncio.wait_for(asyncio.shield(pending.future), timeout)
             except TimeoutError:
+                pending.future.cancel()
                 await self._write({"jsonrpc": "2.0", "method": "notifications/cancelled",
                                    "params": {"requestId": gw_id, "reason": "gateway request timeout"}})
                 return rpc.error(original_id, rpc.INTERNAL_ERROR,
@@ -167,7 +174,7 @@ class StdioChild:
             self._forget(gw_id)
             if not pending.future.done():  # the caller went away: tell the child
                 pending.future.cancel()
-                asyncio.get_running_loop().create_task(self._write({
+                self._background(self._write({
                     "jsonrpc": "2.0", "method": "notifications/cancelled",
                     "params": {"requestId": gw_id, "reason": "client disconnected"}}))
 
@@ -388,7 +395,7 @@ class StdioChild:
                         await self._dispatch(current, item)
         finally:
             if not self._closing:
-                asyncio.get_running_loop().create_task(self._on_exit(current))
+                self._background(self._on_exit(current))
 
     async def _dispatch(self, current: _Process, message: rpc.Message) -> None:
         if rpc.is_response(message):

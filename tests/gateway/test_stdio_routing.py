@@ -149,3 +149,21 @@ def test_server_to_client_requests_are_answered_by_the_gateway(fake: tuple[str, 
 
     answer = json.loads(asyncio.run(run())["result"]["content"][0]["text"])
     assert answer["id"] == "srv-1" and answer["error"]["code"] == -32601
+
+
+def test_a_request_the_child_does_not_answer_in_time_fails_and_is_cancelled(tmp_path: Path,
+                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    log = tmp_path / "child.jsonl"
+    monkeypatch.setenv("FAKE_MCP_LOG", str(log))
+    bridge = StdioBridge([sys.executable, str(HERE / "fake_stdio_server.py")], request_timeout=0.5)
+    with ThreadedServer(bridge, lifespan="on") as srv:
+        async def run() -> dict[str, Any]:
+            async with httpx.AsyncClient(timeout=10) as http:
+                a = await Session(http, srv.url + "/mcp").open()
+                return await a.call("tools/call", {"name": "sleep", "arguments": {"seconds": 2}}, "late")
+
+        answer = asyncio.run(run())
+    assert answer["id"] == "late" and answer["error"]["code"] == -32603
+    assert "did not answer within 0.5s" in answer["error"]["message"]
+    cancels = [m for m in received(log) if m.get("method") == "notifications/cancelled"]
+    assert len(cancels) == 1 and cancels[0]["params"]["requestId"].startswith("cbst-")
