@@ -7,9 +7,14 @@ objects and HTTP/SSE responses. No MCP semantics beyond message shapes.
 from __future__ import annotations
 
 import json
+from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
-from starlette.types import Send
+# ASGI types (the spec's own shapes; no framework needed)
+Scope = MutableMapping[str, Any]
+ASGIMessage = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[ASGIMessage]]
+Send = Callable[[ASGIMessage], Awaitable[None]]
 
 # JSON-RPC 2.0 / MCP error codes used by the gateway.
 PARSE_ERROR = -32700

@@ -16,9 +16,9 @@ from typing import Any
 
 import anyio
 import httpx
-from starlette.types import Receive, Scope, Send
 
 from . import _jsonrpc as rpc
+from ._jsonrpc import Receive, Scope, Send
 
 log = logging.getLogger("cbst.gateway.http")
 

@@ -30,9 +30,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from starlette.types import Receive, Scope, Send
 
 from . import _jsonrpc as rpc
+from ._jsonrpc import Receive, Scope, Send
 from .stdio_child import StdioChild, StdioStartError
 
 log = logging.getLogger("cbst.gateway.stdio")
