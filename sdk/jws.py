@@ -42,6 +42,7 @@ _KNOWN_HEADER = frozenset({"alg", "kid", "typ"})
 _FORBIDDEN_HEADER = frozenset({"jku", "x5u", "jwk", "x5c", "crit", "b64", "zip"})
 _MAX_KID_LENGTH = 128
 _B64URL = re.compile(r"[A-Za-z0-9_-]*")
+_B64URL_VALUE = {c: i for i, c in enumerate("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_")}
 _ES256_SIG_LEN = 64
 _ED25519_SIG_LEN = 64
 
@@ -71,9 +72,13 @@ def b64url_encode(data: bytes) -> str:
 
 
 def b64url_decode(text: str) -> bytes:
-    """Strict base64url without padding (RFC 7515 §2): other characters are an error."""
+    """Strict base64url without padding (RFC 7515 §2): other characters are an error, and so are
+    non-zero unused bits in the last character (RFC 4648 §3.5), so a token has one spelling only."""
     if not _B64URL.fullmatch(text) or len(text) % 4 == 1:
         raise MalformedToken("invalid base64url")
+    rem = len(text) % 4
+    if rem and _B64URL_VALUE[text[-1]] & (0x0F if rem == 2 else 0x03):
+        raise MalformedToken("invalid base64url (non-canonical last character)")
     try:
         return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
     except (binascii.Error, ValueError) as exc:  # pragma: no cover - regex already screens
