@@ -417,6 +417,31 @@ def test_any_altered_signature_byte_is_refused(key: PrivateKey) -> None:
             jws.verify(f"{h}.{p}.{b64url_encode(bytes(altered))}", keys_of(key))
 
 
+B64URL = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
+
+
+def test_any_altered_character_of_the_signature_is_refused(key: PrivateKey) -> None:
+    """No second string for the same token: including the unused low bits of the last character
+    (RFC 4648 §3.5 canonical encoding), which a lenient decoder silently drops."""
+    h, p, s = key.sign(CLAIMS).split(".")
+    assert len(s) % 4 == 2  # 64 bytes -> 86 chars: the last character carries 4 unused bits
+    for i, ch in enumerate(s):
+        for flip in (1, 2, 4, 8, 16, 32):
+            altered = s[:i] + B64URL[B64URL.index(ch) ^ flip] + s[i + 1:]
+            with pytest.raises(JWSError):
+                jws.verify(f"{h}.{p}.{altered}", keys_of(key))
+
+
+@pytest.mark.parametrize("text,ok", [("AA", True), ("AB", False), ("AP", False), ("AQ", True), ("AAA", True),
+                                     ("AAB", False), ("AAE", True), ("AAAA", True), ("", True)])
+def test_b64url_decode_refuses_non_canonical_trailing_bits(text: str, ok: bool) -> None:
+    if ok:
+        assert b64url_encode(b64url_decode(text)) == text
+    else:
+        with pytest.raises(MalformedToken):
+            b64url_decode(text)
+
+
 def test_altered_payload_or_header_is_refused(key: PrivateKey) -> None:
     h, p, s = key.sign(CLAIMS).split(".")
     forged_p = b64url_encode(json.dumps({**CLAIMS, "scope": "tools/call:**"}).encode())
