@@ -234,39 +234,26 @@ def test_invalid_configuration_is_refused_with_a_clear_error_and_creates_nothing
 
 
 def test_config_show_masks_secrets_and_reads_a_toml_file_under_the_environment(tmp_path: Path) -> None:
+    """(Precedence and validation in detail: tests/test_config.py; here the command itself.)"""
     base = {"IDP_KEYS_DIR": str(tmp_path / "keys")}
-    env = {**base, "IDP_KEYSTORE_PASSPHRASE": "very secret passphrase 42",
-           "IDP_DATABASE_URL": "postgresql://idp:hunter2secret@db.example:5432/idp"}
-    res = cli(env, "config", "show", "--json")
-    shown = json.loads(res.stdout)
-    assert shown["keystore_passphrase"] == "********"
-    assert shown["database_url"].startswith("postgresql://idp:") and "db.example:5432/idp" in shown["database_url"]
-    human = cli(env, "config", "show").stdout
-    for out in (res.stdout, human):
-        assert "hunter2secret" not in out and "very secret passphrase" not in out
-    kek = cli_json({**base, "IDP_KEYSTORE_KEK": "A" * 43}, "config", "show")["keystore_kek"]
-    assert kek == "********"
-
     toml = tmp_path / "idp.toml"
     toml.write_text('issuer = "https://idp.toml.example"\naccess_token_ttl = 120\njwks_max_age = 100\n'
-                    'audit_retention_days = 10\n')
-    via_option = cli_json(base, "--config", str(toml), "config", "show")
-    via_env = cli_json({**base, "IDP_CONFIG": str(toml)}, "config", "show")
-    for shown in (via_option, via_env):
-        assert shown["issuer"] == "https://idp.toml.example"
-        assert shown["access_token_ttl"] == 120 and shown["audit_retention_days"] == 10
-        assert shown["key_prepublication"] == 200  # derived from the file's jwks_max_age
-    overridden = cli_json({**base, "IDP_ACCESS_TOKEN_TTL": "200", "IDP_ISSUER": "https://idp.env.example"},
-                          "--config", str(toml), "config", "show")
-    assert overridden["access_token_ttl"] == 200 and overridden["issuer"] == "https://idp.env.example"
-    assert overridden["audit_retention_days"] == 10  # not in the environment: from the file
-    defaults = cli_json(base, "config", "show")
-    assert defaults["access_token_ttl"] == 300 and defaults["audit_retention_days"] == 30
+                    'audit_retention_days = 10\nkeystore_passphrase = "passphrase from the file"\n')
+    env = {**base, "IDP_KEYSTORE_KEK": "A" * 43, "IDP_ACCESS_TOKEN_TTL": "200",
+           "IDP_DATABASE_URL": "postgresql://idp:hunter2secret@db.example:5432/idp"}
+    res = cli(env, "--config", str(toml), "config", "show", "--json")
+    shown = json.loads(res.stdout)
+    assert shown["keystore_passphrase"] == shown["keystore_kek"] == "********"
+    assert shown["database_url"].startswith("postgresql://idp:") and "db.example:5432/idp" in shown["database_url"]
+    assert shown["issuer"] == "https://idp.toml.example" and shown["audit_retention_days"] == 10  # from the file
+    assert shown["key_prepublication"] == 200  # derived from the file's jwks_max_age
+    assert shown["access_token_ttl"] == 200  # the environment wins over the file
+    human = cli({**env, "IDP_CONFIG": str(toml)}, "config", "show").stdout
+    assert "https://idp.toml.example" in human and "IDP_ACCESS_TOKEN_TTL" in human
+    for out in (res.stdout, human):
+        assert "hunter2secret" not in out and "passphrase from the file" not in out and "A" * 43 not in out
 
     bad = tmp_path / "bad.toml"
-    for content, expect in (('issuer = "https://x.example/"\n', "issuer"), ("no_such_setting = 1\n", "no_such_setting"),
-                            ("access_token_ttl = \n", "")):
-        bad.write_text(content)
-        res = cli(base, "--config", str(bad), "config", "show", code=1)
-        line = _clean_error(res)
-        assert line.startswith("error:") and expect in line, line
+    bad.write_text('issuer = "https://x.example/"\n')
+    line = _clean_error(cli(base, "--config", str(bad), "config", "show", code=1))
+    assert line.startswith("error:") and "issuer" in line, line
