@@ -169,7 +169,7 @@ class ClientRegistry:
         else:
             secret = generate_secret()
         now = clock.now()
-        client_id = secrets.token_urlsafe(16)
+        client_id = secrets.token_hex(16)  # 128 bits; hex so it never starts with "-" (CLI argument)
         row = {
             "client_id": client_id,
             "name": name,

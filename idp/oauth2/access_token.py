@@ -17,7 +17,7 @@ def build_claims(*, issuer: str, client_id: str, subject: str, audience: str, sc
         "client_id": client_id,
         "iat": now,
         "exp": now + ttl,
-        "jti": secrets.token_urlsafe(16),
+        "jti": secrets.token_hex(16),  # 128 bits; hex so it never starts with "-" (CLI argument)
         "scope": scope,
     }
     if extra:
