@@ -307,3 +307,32 @@ def test_scheduled_rotation_resumes_after_its_pending_key_was_retired(settings: 
         assert len(live) == 2 and all(k.kid != pending_kid for k in live)
     finally:
         prov.close()
+
+
+def test_the_servers_own_maintenance_loop_rotates_on_schedule(settings: Settings, fake_clock: FakeClock,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """No operator and no explicit maintain() call: the running app's housekeeping does it."""
+    from starlette.testclient import TestClient
+
+    import idp.app
+
+    interval = 3600
+    prov = Provider.open(derive(settings, key_rotation_interval=interval))
+    try:
+        (k1,) = prov.keys.list()
+        fake_clock.t = k1.activate_at + interval
+        monkeypatch.setattr(idp.app, "MAINTENANCE_INTERVAL", 0.05)
+        with TestClient(create_app(provider=prov, maintenance=True), base_url=ISSUER) as http:
+            deadline = time.monotonic() + 15
+            while len(prov.keys.list()) < 2 and time.monotonic() < deadline:
+                time.sleep(0.05)
+            keys = prov.keys.list()
+            assert len(keys) == 2, "the maintenance loop did not rotate"
+            new = next(k for k in keys if k.kid != k1.kid)
+            assert new.activate_at == fake_clock.t + prov.settings.prepublication
+            prov.keys.refresh(force=True)
+            assert new.kid in {k["kid"] for k in http.get("/jwks").json()["keys"]}
+            time.sleep(0.3)  # further rounds do not add keys
+            assert len(prov.keys.list()) == 2
+    finally:
+        prov.close()

@@ -142,7 +142,7 @@ def test_first_start_in_an_empty_directory_creates_database_and_keystore_and_ser
     home = tmp_path / "fresh"
     home.mkdir()
     env = {k: v for k, v in os.environ.items() if not k.startswith("IDP_")}
-    env["IDP_LOG_LEVEL"] = "warning"
+    env["IDP_LOG_LEVEL"] = "info"
     port = free_port()
     log = tmp_path / "serve.log"
     with open(log, "wb") as fh:
@@ -173,6 +173,16 @@ def test_first_start_in_an_empty_directory_creates_database_and_keystore_and_ser
         claims = verify(token, jwks_of(base))
         assert claims["aud"] == AUDIENCE and claims["client_id"] == info["client_id"]
         assert claims["iss"] == "http://127.0.0.1:8000"  # the default issuer
+        # The server wrote the issuance's audit record as a JSON line on stderr.
+        deadline = time.monotonic() + 10
+        while True:
+            lines = [json.loads(x) for x in log.read_text().splitlines() if x.startswith("{")]
+            audit = [x["audit"] for x in lines if x.get("logger") == "cbst.audit" and x["msg"] == "token.issued"]
+            if audit or time.monotonic() > deadline:
+                break
+            time.sleep(0.1)
+        assert [(a["jti"], a["client_id"], a["data"]["aud"]) for a in audit] == [
+            (claims["jti"], info["client_id"], AUDIENCE)]
     finally:
         proc.terminate()
         proc.wait(15)
