@@ -36,6 +36,8 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a checkout
 
+import httpx2  # noqa: E402
+
 from sdk.client import ClientCredentials, TokenError  # noqa: E402
 
 
@@ -92,8 +94,6 @@ async def step(label: str, coro: Any) -> Any:
 
 
 async def main(argv: list[str] | None = None) -> int:
-    from mcp import Client
-
     args = parse_args(argv)
     creds = credentials_from(args)
     try:
@@ -101,10 +101,40 @@ async def main(argv: list[str] | None = None) -> int:
     except TokenError as exc:
         print(f"no token: {exc}", file=sys.stderr)
         return 1
+    except (httpx2.HTTPError, OSError) as exc:
+        print(f"cannot reach the IdP at {args.issuer}: {exc or type(exc).__name__}", file=sys.stderr)
+        return 1
     print(f"token for {creds.client_id}: scope {token.scope!r}, audience {token.resource}")
-    asked = creds.scope
 
-    async with Client(creds.mcp_transport(args.server), mode=args.mode) as client:
+    try:
+        return await session(client_for(creds, args), creds, args)
+    except Exception as exc:  # noqa: BLE001 - a connection failure may come wrapped in an ExceptionGroup
+        cause = _connection_error(exc)
+        if cause is None:
+            raise
+        print(f"cannot reach the MCP server at {args.server}: {cause or type(cause).__name__}", file=sys.stderr)
+        return 1
+
+
+def _connection_error(exc: BaseException) -> BaseException | None:
+    if isinstance(exc, (httpx2.TransportError, OSError)):
+        return exc
+    for inner in getattr(exc, "exceptions", ()):
+        found = _connection_error(inner)
+        if found is not None:
+            return found
+    return None
+
+
+def client_for(creds: Any, args: argparse.Namespace) -> Any:
+    from mcp import Client
+
+    return Client(creds.mcp_transport(args.server), mode=args.mode)
+
+
+async def session(mcp_client: Any, creds: Any, args: argparse.Namespace) -> int:
+    asked = creds.scope
+    async with mcp_client as client:
         print(f"connected: protocol {client.protocol_version}")
         if tools := await step("tools/list", client.list_tools()):
             print("tools:", ", ".join(t.name for t in tools.tools) or "(none)")
