@@ -24,6 +24,7 @@ from .conftest import BIN, IdP, filesystem_command, free_port, mcp_client, stdio
 from .upstream_servers import RELEASE
 
 MODES = ["legacy", "auto"]
+pytestmark = pytest.mark.slow  # real cbst-gateway and idp processes
 
 
 def start_gateway(gateway_process: Any, idp: IdP, *upstream: str, tool_rate: str = "1000") -> tuple[Any, str]:
@@ -272,3 +273,12 @@ def test_gateway_serves_resource_metadata_and_rate_limits(idp: IdP, gateway_proc
         if r.status_code == 429:
             assert int(r.headers["retry-after"]) >= 1
     assert statuses[0] == 200 and 429 in statuses[1:]
+
+
+def test_every_option_is_documented() -> None:
+    from sdk.gateway.cli import build_parser
+
+    doc = (Path(__file__).resolve().parents[2] / "docs" / "gateway.md").read_text()
+    options = [o for action in build_parser()._actions for o in action.option_strings if o.startswith("--")]
+    missing = [o for o in options if f"`{o}" not in doc and o != "--help"]
+    assert not missing, f"docs/gateway.md does not document {missing}"
