@@ -10,7 +10,14 @@ DEV_STAMP := $(VENV)/.installed-dev-$(shell sha1sum pyproject.toml | cut -c1-12)
 TEST_DEBS :=
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: run test bench install install-dev system-deps clean
+# Interop runtimes: the 1.x line of the official Python MCP SDK cannot share a venv with 2.x, and
+# the TypeScript client and a third-party stdio server come from npm (versions pinned by lockfiles).
+MCP1_VENV := .venv-mcp1
+MCP1_STAMP := $(MCP1_VENV)/.installed-mcp1
+NPM_DIRS := tests/interop/ts tests/gateway/npm
+NPM_STAMPS := $(foreach d,$(NPM_DIRS),$(d)/node_modules/.package-lock.json)
+
+.PHONY: run test bench install install-dev system-deps interop-deps clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -38,12 +45,24 @@ system-deps:
 	  (apt-get install -y -q --no-install-recommends $$missing || (apt-get update -q && apt-get install -y -q --no-install-recommends $$missing)) >/dev/null; \
 	fi
 
+$(MCP1_STAMP):
+	$(PYTHON) -m venv $(MCP1_VENV)
+	$(MCP1_VENV)/bin/pip install -q 'mcp>=1.10,<2' 'httpx>=0.28' 'cryptography>=44'
+	touch $@
+
+%/node_modules/.package-lock.json: %/package-lock.json
+	@command -v npm >/dev/null || { echo "installing Node.js and npm"; apt-get install -y -q nodejs npm >/dev/null || (apt-get update -q && apt-get install -y -q nodejs npm >/dev/null); }
+	cd $* && npm ci --no-audit --no-fund --loglevel=error
+	touch $@
+
+interop-deps: $(MCP1_STAMP) $(NPM_STAMPS)
+
 ## make test: the whole suite, on SQLite and on the local PostgreSQL
-test: install-dev system-deps
+test: install-dev system-deps interop-deps
 	$(BIN)/python -m pytest -q
 
 bench: install-dev
 	$(BIN)/python bench/run.py
 
 clean:
-	rm -rf $(VENV) .pytest_cache .hypothesis
+	rm -rf $(VENV) $(MCP1_VENV) .pytest_cache .hypothesis $(foreach d,$(NPM_DIRS),$(d)/node_modules)
