@@ -94,3 +94,22 @@ def test_audit_table_is_append_only_at_the_database_level(engine: sa.Engine) -> 
     with engine.connect() as conn:
         rows = conn.execute(sa.text("SELECT id, event FROM audit_events ORDER BY id")).all()
     assert rows == [(recent, "test.event"), (six_days, "test.event")]
+
+
+def test_audit_table_cannot_be_truncated_on_postgresql(engine: sa.Engine) -> None:
+    """TRUNCATE fires no row-level DELETE trigger: it needs a guard of its own. (SQLite has no
+    TRUNCATE; its unqualified DELETE runs the row trigger, see the test above.)"""
+    if engine.dialect.name != "postgresql":
+        pytest.skip("PostgreSQL statement")
+    db.upgrade(engine)
+    with engine.begin() as conn:
+        insert_audit(conn, int(time.time()))
+    with pytest.raises(DBAPIError, match="append-only"), engine.begin() as conn:
+        conn.execute(sa.text("TRUNCATE audit_events"))
+    with engine.connect() as conn:
+        assert conn.execute(sa.text("SELECT count(*) FROM audit_events")).scalar() == 1
+    # The guard goes away with a downgrade and comes back with the upgrade.
+    db.downgrade(engine, "base")
+    db.upgrade(engine)
+    with pytest.raises(DBAPIError, match="append-only"), engine.begin() as conn:
+        conn.execute(sa.text("TRUNCATE audit_events"))
