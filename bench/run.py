@@ -51,6 +51,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                           "idle (default 20, quick 3; 0 disables)")
     tok.add_argument("--redo-disturbed", type=int,
                      help="redo a run disturbed by other load this many times (default 1, quick 0)")
+    tok.add_argument("--tmp-dir",
+                     help="where the run's temp dir (ours' SQLite db, keys) goes (default: the "
+                          "system temp dir; /dev/shm takes fsync out of the picture)")
     tok.add_argument("--venv", type=Path, default=REPO_DIR / ".venv",
                      help="venv with the `idp` command (default .venv)")
     cry = ap.add_argument_group("crypto")
@@ -66,6 +69,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    # A shell that starts us in the background may leave SIGINT ignored; Ctrl-C must work.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     signal.signal(signal.SIGTERM, _raise_exit)
     signal.signal(signal.SIGHUP, _raise_exit)
     failures: list[str] = []
@@ -83,6 +88,7 @@ def main(argv: list[str] | None = None) -> int:
                 allow_install=not args.no_install,
                 out_dir=args.out_dir,
                 quick=args.quick,
+                tmp_dir=args.tmp_dir,
                 quiet_wait=(args.quiet_wait if args.quiet_wait is not None
                             else (3.0 if args.quick else 20.0)),
                 redo_disturbed=(args.redo_disturbed if args.redo_disturbed is not None

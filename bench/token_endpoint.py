@@ -323,6 +323,11 @@ class Server:
         raise RuntimeError(f"{self.t.key}: not ready after {self.t.ready_timeout}s ({last});"
                            f" log tail:\n{self.log_tail()}")
 
+    def ensure_alive(self) -> None:
+        if self.proc is not None and self.proc.poll() is not None:
+            raise RuntimeError(f"{self.t.key}: server exited with {self.proc.returncode} during "
+                               f"the run; log tail:\n{self.log_tail()}")
+
     def log_tail(self, n: int = 30) -> str:
         try:
             return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-n:])
@@ -449,6 +454,7 @@ def wrk_version() -> str | None:
 
 
 def run_wrk(wrk: str, server: Server, concurrency: int, seconds: float, tmpdir: Path) -> dict:
+    server.ensure_alive()
     threads = min(concurrency, 2)
     result_file = tmpdir / f"wrk-{server.t.key}-{concurrency}-{time.monotonic_ns()}.json"
     env = dict(os.environ, BENCH_TOKEN_PATH=server.t.token_path,
@@ -522,6 +528,7 @@ class Config:
     quiet_cores: float = 0.15   # "quiet" = less than this many cores busy (servers idle)
     disturbed_cores: float = 0.2  # a run with more other load than this is redone once
     redo_disturbed: int = 1
+    tmp_dir: str | None = None  # parent of the run's temp dir (ours' SQLite db and keys)
 
 
 def choose_targets(cfg: Config) -> tuple[list[Target], list[str]]:
@@ -559,7 +566,8 @@ def run(cfg: Config) -> dict:
     started = now_iso()
     runs: list[dict] = []
     servers: dict[str, Server] = {}
-    tmp_root = Path(tempfile.mkdtemp(prefix="cbst-bench-"))
+    tmp_root = Path(tempfile.mkdtemp(prefix="cbst-bench-", dir=cfg.tmp_dir))
+    keep_tmp = False
     try:
         for t in targets:
             tdir = tmp_root / t.key
@@ -583,6 +591,9 @@ def run(cfg: Config) -> dict:
                         if cfg.warmup > 0:
                             run_wrk(wrk, s, c, cfg.warmup, tmp_root)
                         res = run_wrk(wrk, s, c, cfg.duration, tmp_root)
+                        if waited >= 1:
+                            log(f"waited {waited:.0f} s for the machine to go quiet (busy "
+                                f"{busy:.2f} cores{'; going ahead' if busy >= cfg.quiet_cores else ''})")
                         res.update(target=s.t.key, concurrency=c, round=r,
                                    quiet_waited_s=waited, busy_cores_before=busy)
                         attempts.append(res)
@@ -604,10 +615,16 @@ def run(cfg: Config) -> dict:
         for s in servers.values():
             if s.proc and s.proc.poll() is not None:
                 notes.append(f"{s.t.key} exited during the run (code {s.proc.returncode})")
+    except Exception:
+        keep_tmp = True
+        raise
     finally:
         for s in servers.values():
             s.stop()
-        shutil.rmtree(tmp_root, ignore_errors=True)
+        if keep_tmp:
+            log(f"kept {tmp_root} (server logs) for inspection")
+        else:
+            shutil.rmtree(tmp_root, ignore_errors=True)
 
     versions = {"wrk": wrk_version()}
     for t in targets:
@@ -623,6 +640,7 @@ def run(cfg: Config) -> dict:
                    "quick": cfg.quick, "ours_mode": _ours_mode(targets),
                    "quiet_wait_s": cfg.quiet_wait, "quiet_cores": cfg.quiet_cores,
                    "disturbed_cores": cfg.disturbed_cores, "redo_disturbed": cfg.redo_disturbed,
+                   "tmp_dir": str(tmp_root.parent),
                    "request": {"method": "POST", "path": "/token",
                                "form": targets[0].token_form, "client_auth": "client_secret_basic"}},
         "machine": machine_info(),
@@ -694,7 +712,8 @@ def render_markdown(res: dict) -> str:
         f"`{AUDIENCE}`, client_secret_basic; JWT access tokens. wrk, "
         f"{cfg['duration_s']:g} s per run after a {cfg['warmup_s']:g} s warm-up, wrk threads = "
         f"min(c, 2), keep-alive; median of {cfg['rounds']} interleaved round(s) per point. "
-        f"Loopback; load generator and servers share the machine's {m.get('nproc')} cores.",
+        f"Loopback; load generator and servers share the machine's {m.get('nproc')} cores. "
+        f"Temp dir (ours' SQLite database): `{cfg.get('tmp_dir')}`.",
         "",
         "| c | peer req/s | peer p50 ms | peer p99 ms | ours req/s | ours p50 ms | ours p99 ms "
         "| ours/peer req/s | ours/peer p99 |",
@@ -792,11 +811,16 @@ def render_png(res: dict, path: Path, allow_install: bool) -> str | None:
                         textcoords="offset points")
     ax.set_xticks(x, [f"c={r['concurrency']}" for r in rows])
     ax.set_ylabel("requests/s (median of rounds)")
-    title = "POST /token client_credentials (JWT access token)"
+    title = (f"POST /token client_credentials (JWT access token) — {res['machine'].get('nproc')}"
+             f" cores, wrk; whiskers: min–max over {res['config']['rounds']} round(s)")
     if res["targets"].get("ours", {}).get("stub"):
         title += "\n'ours' = STUB, not CBST"
-    ax.set_title(title + f" — {res['machine'].get('nproc')} cores, wrk; whiskers: min–max "
-                 f"over {res['config']['rounds']} round(s)", fontsize=9)
+    disturbed = sum((r.get("other_cores") or 0) > res["config"]["disturbed_cores"]
+                    for r in res["runs"])
+    if disturbed:
+        title += (f"\nWARNING: {disturbed} of {len(res['runs'])} runs disturbed by other load "
+                  "on the machine (see .md)")
+    ax.set_title(title, fontsize=9)
     ax.legend(fontsize=8, loc="upper left")
     ax.grid(axis="y", alpha=0.3)
     ax.set_ylim(0, ax.get_ylim()[1] * 1.1)
