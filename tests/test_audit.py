@@ -168,6 +168,9 @@ def test_audit_tail_cli_lines_json_event_filter_and_follow(settings: Settings, p
     assert res.returncode == 0 and "token.issued" in res.stdout and jtis[0] in res.stdout
     assert "key.created" in res.stdout
 
+    res = run_cli("audit", "prune", "--json", env=env)
+    assert res.returncode == 0 and json.loads(res.stdout) == {"pruned": 0, "retention_days": 30}
+
     res = run_cli("audit", "tail", "-n", "0", env=env)
     assert res.returncode == 2 and "Traceback" not in res.stderr
 
