@@ -17,7 +17,7 @@ import sys
 from typing import Any
 from urllib.parse import urlsplit
 
-from .http_proxy import HTTPUpstreamProxy
+from .http_proxy import HEALTH_PATH, HTTPUpstreamProxy
 from .stdio_bridge import StdioBridge
 from .stdio_child import StdioStartError
 
@@ -99,7 +99,7 @@ async def serve(args: argparse.Namespace) -> int:
 
         try:  # validated before anything starts
             config = ProtectionConfig(issuer=args.issuer, resource=args.resource, mcp_path=path,
-                                      tool_rate=args.tool_rate or None)
+                                      tool_rate=args.tool_rate or None, public_paths=(HEALTH_PATH,))
         except ValueError as exc:
             print(f"cbst-gateway: error: {exc}", file=sys.stderr, flush=True)
             return 2

@@ -22,6 +22,7 @@ from ._jsonrpc import Receive, Scope, Send
 
 log = logging.getLogger("cbst.gateway.http")
 
+HEALTH_PATH = "/healthz"  # liveness of the gateway itself (it does not probe the upstream)
 # Request headers of the streamable-HTTP transport that the upstream needs (lower case).
 FORWARD_REQUEST_HEADERS = frozenset({
     "accept", "content-type", "last-event-id",
@@ -87,6 +88,9 @@ class HTTPUpstreamProxy:
             await self._lifespan(receive, send)
             return
         if scope["type"] != "http":
+            return
+        if scope["path"] == HEALTH_PATH and scope["method"] == "GET":
+            await rpc.send_json(send, 200, {"status": "ok", "upstream": self.upstream})
             return
         if scope["path"].rstrip("/") != self.path.rstrip("/"):
             await rpc.send_json(send, 404, rpc.error(None, rpc.INVALID_REQUEST, f"no MCP endpoint at {scope['path']}"))

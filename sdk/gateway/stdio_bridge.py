@@ -33,6 +33,7 @@ from typing import Any
 
 from . import _jsonrpc as rpc
 from ._jsonrpc import Receive, Scope, Send
+from .http_proxy import HEALTH_PATH
 from .stdio_child import StdioChild, StdioStartError
 
 log = logging.getLogger("cbst.gateway.stdio")
@@ -122,6 +123,9 @@ class StdioBridge:
             return
         if scope["type"] != "http":
             return
+        if scope["path"] == HEALTH_PATH and scope["method"] == "GET":
+            await self._health(send)
+            return
         if scope["path"].rstrip("/") != self.path.rstrip("/"):
             await rpc.send_json(send, 404, rpc.error(None, rpc.INVALID_REQUEST, f"no MCP endpoint at {scope['path']}"))
             return
@@ -136,6 +140,15 @@ class StdioBridge:
         else:
             await rpc.send_json(send, 405, rpc.error(None, rpc.INVALID_REQUEST, f"method {method} not allowed"),
                                 headers=[(b"allow", b"GET, POST, DELETE")])
+
+    async def _health(self, send: Send) -> None:
+        ready = self.child.failed is None and self.child.pid is not None and self.child._ready.is_set()  # noqa: SLF001
+        body = {"status": "ok" if ready else "unavailable", "command": self.child.command, "pid": self.child.pid,
+                "restarts": self.child.restarts, "sessions": len(self.sessions),
+                "modern": self._modern_state}
+        if not ready:
+            body["reason"] = self.child._unavailable_reason()  # noqa: SLF001
+        await rpc.send_json(send, 200 if ready else 503, body)
 
     def _session(self, headers: dict[str, str]) -> tuple[_Session | None, int, str]:
         sid = headers.get("mcp-session-id")

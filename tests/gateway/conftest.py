@@ -152,8 +152,8 @@ class GatewayProcess:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"cbst-gateway exited early ({self.proc.returncode}):\n{self.output()}")
             try:
-                httpx.get(self.url + "/", timeout=1)
-                return
+                if httpx.get(self.url + "/healthz", timeout=1).status_code == 200:
+                    return
             except httpx.HTTPError:
                 time.sleep(0.05)
         self.stop()

@@ -166,6 +166,8 @@ def test_stdio_child_crash_is_survived(idp: IdP, gateway_process: Any) -> None:
             return before, crashed.value.error.message, after
 
     before, message, after = anyio.run(run)
+    health = httpx.get(gw.url + "/healthz").json()  # public: no token needed
+    assert health["status"] == "ok" and health["restarts"] == 1
     assert "exited (code 3)" in message and "restarting" in message
     assert before.startswith("a (pid ") and after.startswith("b (pid ") and before[7:] != after[7:]
     assert "exited with code 3" in gw.output()
