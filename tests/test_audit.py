@@ -119,6 +119,10 @@ def test_every_security_event_has_an_audit_record_and_a_json_log_line(provider: 
         assert audit["event"] == rec["event"] and audit["ts"] == rec["ts"] and audit["actor"] == rec["actor"]
         assert audit.get("client_id") == rec["client_id"] and audit.get("jti") == rec["jti"]
         assert audit["data"] == rec["data"]
+    # Neither the client secret nor a whole token is ever written to the audit log.
+    everything = json.dumps(rows(provider), default=str) + "\n".join(audit_log.lines)
+    assert secret not in everything
+    assert not any(tok.split(".")[2] in everything for tok in tokens)
     # Revoking again is idempotent: no second record.
     provider.revocations.revoke(claims_of(tokens[1])["jti"], client_id=client.client_id,
                                 expires_at=claims_of(tokens[1])["exp"], actor="cli")
