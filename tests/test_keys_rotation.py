@@ -116,6 +116,9 @@ def test_rotation_under_use_prepublishes_then_signs_and_retires_after_last_token
     retired_at: dict[str, int] = {}
     rotated = None
     step = 25
+    max_age = int(rig.http.get("/jwks").headers["cache-control"].split("max-age=")[1])
+    assert max_age == s.jwks_max_age
+    cache: tuple[int, dict[str, Any]] | None = None
     while rig.clock.t < start + 2000:
         now = rig.clock.t
         if rotated is None and now >= start + 100:
@@ -125,12 +128,16 @@ def test_rotation_under_use_prepublishes_then_signs_and_retires_after_last_token
             if event.startswith("retired "):
                 retired_at[event.split()[1]] = now
         jwks = fetch_jwks(rig)
+        if cache is None or now - cache[0] >= max_age:
+            cache = (now, jwks)  # a verifier that honours Cache-Control and never refetches early
         published = {k["kid"] for k in jwks["keys"]}
         assert all("d" not in k for k in jwks["keys"]), "private key material in the JWKS"
         for kid in published:
             first_published.setdefault(kid, now)
         token = get_token(rig)
         claims = joserfc_verify(token, jwks)
+        # Pre-publication: even a JWKS cached for the full max-age already holds the signing key.
+        assert joserfc_verify(token, cache[1])["jti"] == claims["jti"]
         tokens.append((token, claims))
         first_signed.setdefault(kid_of(token), claims["iat"])
         # Every token that has not expired yet verifies against the JWKS served right now.
