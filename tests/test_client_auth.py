@@ -55,7 +55,7 @@ def test_secret_is_idp_generated_with_at_least_256_bits_and_unique(env: Env) -> 
     ones = sum(bin(int.from_bytes(r, "big")).count("1") for r in raws)
     total = 256 * len(raws)
     assert abs(ones / total - 0.5) < 0.005
-    assert len({r[:4] for r in raws}) == len(raws)  # no shared prefix structure
+    assert len({r[:8] for r in raws}) == len(raws)  # no shared prefix structure
 
 
 def _all_rows_text(env: Env) -> str:

@@ -431,7 +431,7 @@ def test_refusal_is_rfc6749_error_json_and_writes_nothing(env: Env, clients: dic
     assert env.counts() == before
 
 
-def test_rfc6749_5_2_refusals_precede_valid_issuance_on_same_client(env: Env, clients: dict[str, Any]) -> None:
+def test_refusal_table_guard_same_clients_get_tokens_with_a_proper_request(env: Env, clients: dict[str, Any]) -> None:
     """Guard for the refusal table: the same clients do get tokens with a proper request."""
     for who in ("basic", "git", "post"):
         cid, sec = clients[who]
