@@ -3,8 +3,9 @@
     cbst-gateway --issuer URL --resource URL --port P [--host 127.0.0.1]
                  (--upstream http://127.0.0.1:3000/mcp | --upstream-stdio "COMMAND ARGS")
 
-Exit status: 0 after a clean shutdown (SIGINT/SIGTERM), 1 when the stdio server cannot be
-started or keeps crashing or the port cannot be bound, 2 for a bad command line or setting.
+SIGINT/SIGTERM: graceful shutdown (stdio servers stopped), then exit by that signal, as uvicorn
+does. Exit status 1 when the stdio server cannot be started or keeps crashing or the port
+cannot be bound, 2 for a bad command line or setting.
 """
 
 from __future__ import annotations

@@ -160,7 +160,8 @@ class GatewayProcess:
         raise RuntimeError(f"cbst-gateway did not become ready:\n{self.output()}")
 
     def output(self) -> str:
-        self._fh.flush()
+        if not self._fh.closed:
+            self._fh.flush()
         return self.log.read_text(errors="replace")
 
     def stop(self) -> None:

@@ -284,3 +284,31 @@ def test_every_option_is_documented() -> None:
     options = [o for action in build_parser()._actions for o in action.option_strings if o.startswith("--")]
     missing = [o for o in options if f"`{o}" not in doc and o != "--help"]
     assert not missing, f"docs/gateway.md does not document {missing}"
+
+
+def test_stopping_the_gateway_stops_its_stdio_servers(idp: IdP, gateway_process: Any) -> None:
+    gw, url = start_gateway(gateway_process, idp, "--upstream-stdio", " ".join(stdio_test_command()))
+    token = idp.token("tools/call:echo", url)
+
+    async def run() -> None:
+        async with mcp_client(url, token, mode="auto") as client:  # also starts the 2026-07-28 process
+            await client.call_tool("echo", {"text": "x"})
+
+    anyio.run(run)
+    health = httpx.get(gw.url + "/healthz").json()
+    assert health["modern"] == "supported"
+    children = [int(p) for p in Path(f"/proc/{gw.proc.pid}/task/{gw.proc.pid}/children").read_text().split()]
+    assert health["pid"] in children and len(children) == 2
+    gw.stop()
+    assert gw.proc.returncode == -15, gw.output()  # graceful shutdown, then exit by the signal (as uvicorn does)
+    deadline = time.monotonic() + 10
+    while any(Path(f"/proc/{pid}").exists() and "zombie" not in _state(pid) for pid in children):
+        assert time.monotonic() < deadline, f"stdio servers {children} outlived the gateway"
+        time.sleep(0.05)
+
+
+def _state(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/status").read_text().split("State:", 1)[1].split("\n", 1)[0].lower()
+    except (OSError, IndexError):
+        return "zombie"
