@@ -212,6 +212,13 @@ def test_a_child_that_keeps_crashing_is_fatal() -> None:
         while not reasons and time.monotonic() < deadline:
             await anyio.sleep(0.05)
         answer = await bridge.child.request({"jsonrpc": "2.0", "id": 1, "method": "tools/list"})
+        sent: list[dict[str, Any]] = []
+
+        async def send(message: dict[str, Any]) -> None:
+            sent.append(message)
+
+        await bridge({"type": "http", "method": "GET", "path": "/healthz", "headers": []}, None, send)
+        assert sent[0]["status"] == 503 and b"giving up" in sent[1]["body"]
         await bridge.aclose()
         assert answer["error"]["code"] == -32603 and "unavailable" in answer["error"]["message"]
         return bridge
