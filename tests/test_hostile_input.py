@@ -22,7 +22,7 @@ from test_token_endpoint import FORM, Env, assert_rfc6749_error_charset, basic, 
 
 from sdk.jws import b64url_encode
 
-FUZZ = settings(max_examples=60, deadline=None, database=None,
+FUZZ = settings(max_examples=100, deadline=None, database=None,
                 suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 ENDPOINTS = ("/token", "/introspect", "/revoke")
 JWT_BEARER = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
