@@ -34,6 +34,7 @@ AUTH_METHODS = ("client_secret_basic", "client_secret_post", "private_key_jwt")
 SECRET_PREFIX = "cbsts_"  # makes leaked secrets easy for scanners to recognise
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 MAX_AUDIENCES = 32
+MIN_RSA_BITS = 2048
 
 
 # Parsed capability sets are immutable; cache them so the token endpoint does not recompile
@@ -107,9 +108,12 @@ def validate_jwks(jwks: Any) -> dict[str, Any]:
         if not isinstance(jwk, dict) or any(m in jwk for m in ("d", "p", "q", "k")):
             raise ClientError("JWKS must contain public keys only")
     try:
-        KeySet.import_key_set(jwks)
+        keys = KeySet.import_key_set(jwks).keys
     except (JoseError, ValueError, TypeError, KeyError) as exc:
         raise ClientError(f"invalid JWKS: {exc}") from None
+    for key in keys:  # RFC 7518 §3.3/§3.5: RS*/PS* keys MUST be at least 2048 bits
+        if key.key_type == "RSA" and key.raw_value.key_size < MIN_RSA_BITS:
+            raise ClientError(f"RSA keys must be at least {MIN_RSA_BITS} bits (RFC 7518 section 3.3)")
     return jwks
 
 
