@@ -222,6 +222,22 @@ def test_rfc7523_rs256_client_key_is_accepted(env: Env) -> None:
     assert resp.status_code == 200, resp.text
 
 
+@pytest.mark.filterwarnings("ignore:Key size should be")  # joserfc agrees the key is weak
+def test_rfc7518_3_3_rsa_client_key_under_2048_bits_is_refused_at_registration(env: Env) -> None:
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    from idp.clients import ClientError
+
+    weak = RSAKey.import_key(rsa.generate_private_key(65537, 1024), parameters={"kid": "weak"})
+    before = env.counts()
+    with pytest.raises(ClientError, match="2048"):
+        env.register(auth_method="private_key_jwt", jwks={"keys": [weak.as_dict(private=False)]})
+    with pytest.raises(ClientError, match="2048"):  # also when hidden behind a strong key
+        strong = RSAKey.generate_key(2048, parameters={"kid": "strong"})
+        env.register(auth_method="private_key_jwt", jwks={"keys": [strong.as_dict(private=False), weak.as_dict(private=False)]})
+    assert env.counts() == before
+
+
 @pytest.mark.filterwarnings("ignore:EdDSA is deprecated")
 def test_rfc7523_eddsa_client_key_is_accepted(env: Env) -> None:
     client = KeyClient(env, OKPKey.generate_key("Ed25519", parameters={"kid": "client-ed-1"}), "EdDSA")
