@@ -206,7 +206,10 @@ def test_rfc9068_eddsa_configured_provider_token_verifies_with_joserfc(eddsa_env
     token = eddsa_env.token(client, secret)
     _, doc = jwks_keyset(eddsa_env.http)
     assert [k["kty"] for k in doc["keys"]] == ["OKP"] and doc["keys"][0]["crv"] == "Ed25519"
-    _check_rfc9068_token(eddsa_env.http, token, client, "EdDSA", "tools/call:git-*", eddsa_env.settings.access_token_ttl)
+    claims = _check_rfc9068_token(eddsa_env.http, token, client, "EdDSA", "tools/call:git-*", eddsa_env.settings.access_token_ttl)
+    # The IdP's own verification path (introspection) accepts its EdDSA tokens too.
+    resp = eddsa_env.http.post("/introspect", data={"token": token}, headers={"Authorization": basic(client.client_id, secret)})
+    assert resp.json()["active"] is True and resp.json()["jti"] == claims["jti"]
 
 
 def test_rfc6749_3_3_requested_scope_subset_is_granted_exactly(env: Env) -> None:
