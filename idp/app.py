@@ -174,6 +174,13 @@ def create_app(settings: Settings | None = None, provider: Provider | None = Non
         body = {"issuer": settings.issuer, "generated_at": now, "revoked": prov().revocations.active(now)}
         return _json(200, body, {"Cache-Control": f"public, max-age={REVOCATION_LIST_MAX_AGE}"})
 
+    async def post_only(request: Request) -> Response:  # never reached: OAuthEndpoints answers POST
+        raise StarletteHTTPException(405, headers={"Allow": "POST"})
+
+    # Declared so that other methods get 405 with Allow: POST (RFC 9110 §15.5.6), not 404.
+    for path in OAuthEndpoints.HANDLERS:
+        app.add_api_route(path, post_only, methods=["POST"], include_in_schema=False)
+
     @app.get("/healthz", tags=["ops"])
     async def healthz() -> Response:
         return _json(200, {"status": "ok", "version": __version__})
