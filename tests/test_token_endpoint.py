@@ -476,10 +476,12 @@ def test_rfc6749_2_3_1_credentials_in_the_query_string_are_not_used(env: Env, cl
     assert env.counts() == before
 
 
+@pytest.mark.parametrize("path", ["/token", "/introspect", "/revoke"])
 @pytest.mark.parametrize("method", ["GET", "PUT", "DELETE"])
-def test_other_methods_on_token_endpoint_are_4xx_json_not_500(env: Env, method: str) -> None:
+def test_rfc9110_15_5_6_other_methods_on_oauth_endpoints_are_405_with_allow_post(env: Env, method: str, path: str) -> None:
     before = env.counts()
-    resp = env.http.request(method, "/token")
-    assert 400 <= resp.status_code < 500
+    resp = env.http.request(method, path)
+    assert resp.status_code == 405
+    assert resp.headers["allow"] == "POST"
     assert resp.json()["error"]
     assert env.counts() == before
