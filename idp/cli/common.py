@@ -50,7 +50,11 @@ def provider(as_json: bool = False, *, initial_key: bool = False) -> Iterator[An
 
     from ..provider import Provider
 
+    from .. import logs
+
     settings = load_settings(as_json)
+    # Changes made here are audited like the server's: a JSON log line (stderr) per record.
+    logs.configure(settings.log_level, settings.log_json)
     try:
         prov = Provider.open(settings, initial_key=initial_key)
         if initial_key:
