@@ -17,6 +17,7 @@ import base64
 import json
 import os
 import secrets
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -61,13 +62,21 @@ class Keystore:
             if not create:
                 raise KeystoreError(f"no keystore KEK at {path} and none configured")
             path.parent.mkdir(parents=True, exist_ok=True)
+            # Write the whole key to a private temporary file, then link it into place: the
+            # link is atomic, so a process starting at the same moment sees either no file or
+            # a complete one (never the empty file an O_EXCL create leaves before its write).
+            fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".kek-")  # mode 0600
             try:
-                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-            except FileExistsError:  # another process created it first
-                pass
-            else:
                 with os.fdopen(fd, "w") as fh:
                     fh.write(b64url_encode(secrets.token_bytes(32)) + "\n")
+                    fh.flush()
+                    os.fsync(fh.fileno())
+                try:
+                    os.link(tmp, path)
+                except FileExistsError:  # another process created it first: use theirs
+                    pass
+            finally:
+                os.unlink(tmp)
         if path.stat().st_mode & 0o077:
             raise KeystoreError(f"{path} must be readable by its owner only (chmod 600)")
         raw = b64url_decode(path.read_text().strip())
