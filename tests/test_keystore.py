@@ -243,3 +243,32 @@ def test_cli_with_wrong_kek_prints_a_clear_error_without_traceback(settings: Set
     assert result.returncode == 1 and "wrong passphrase/KEK" in json.loads(result.stdout)["error"]
     with sa.create_engine(settings.database_url.replace("postgresql://", "postgresql+psycopg://")).connect() as conn:
         assert conn.execute(sa.text("SELECT count(*) FROM signing_keys")).scalar() == 1
+
+
+def test_concurrent_first_starts_share_one_generated_kek(tmp_path: Path) -> None:
+    """Several processes starting at once on an empty keys dir (replicas on a shared volume, or
+    `idp serve` and a CLI command) must all end up with the same, complete KEK file."""
+    import threading
+
+    for round_ in range(40):
+        keys_dir = tmp_path / f"keys{round_}"
+        barrier = threading.Barrier(6)
+        results: list[Any] = []
+
+        def start() -> None:
+            barrier.wait()
+            try:
+                results.append(Keystore.open(keys_dir=keys_dir)._kek)
+            except KeystoreError as exc:
+                results.append(exc)
+
+        threads = [threading.Thread(target=start) for _ in range(6)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(30)
+        errors = [r for r in results if isinstance(r, Exception)]
+        assert not errors, f"round {round_}: {errors}"
+        assert len(set(results)) == 1 and len(results) == 6
+        assert sorted(p.name for p in keys_dir.iterdir()) == ["kek"]
+        assert stat.S_IMODE((keys_dir / "kek").stat().st_mode) == 0o600
