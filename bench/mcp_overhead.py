@@ -8,7 +8,8 @@ benchmark measures verification and enforcement, not throttling). A real IdP (``
 issues the token and serves the JWKS and revocation list.
 
 The request is a 2026-07-28 ``tools/call`` of ``echo`` (per-request ``_meta`` envelope,
-``Mcp-Method``/``Mcp-Name`` headers) — one self-contained POST, one JSON response. The
+``Mcp-Method``/``Mcp-Name`` headers) — one self-contained POST, one JSON response — byte for
+byte the same to both servers (bearer token included; the bare server ignores it). The
 protected server sees the same token on every request (a session's steady state: cached
 verification); the bench also reports the cold path (a fresh token per request) separately.
 
@@ -274,7 +275,9 @@ def main() -> None:
             resource = servers["protected"]
             token = token_for(issuer, provider, resource)[0]
             cold_tokens = token_for(issuer, provider, resource, n=min(n, 400))
-            toks = {"plain": [None], "protected": [token]}
+            # identical requests to both servers (the bare one ignores the Authorization header):
+            # only the middleware differs
+            toks = {"plain": [token], "protected": [token]}
             for kind, url in servers.items():  # warm up both (JWKS fetch, imports, JIT-free caches)
                 latency_run(url, toks[kind], 100)
             lat: dict[str, list[dict]] = {"plain": [], "protected": [], "protected-cold": []}

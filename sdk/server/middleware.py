@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import json
 import logging
-import re
 import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, MutableMapping
@@ -52,7 +51,6 @@ ACCESS_TOKEN_SCOPE_KEY = "cbst.access_token"
 log = logging.getLogger("cbst.server")
 _JSON = b"application/json"
 _MAX_SSE_EVENT = 16 * 1024 * 1024
-_TOKEN68 = re.compile(rb"[A-Za-z0-9\-._~+/]+=*")  # RFC 6750 §2.1 b64token
 
 
 class _Refusal(Exception):
@@ -81,6 +79,34 @@ def _header(headers: list[tuple[bytes, bytes]], name: bytes) -> bytes | None:
         if k == name:
             return v
     return None
+
+
+#: Request headers the middleware reads; each may appear at most once.
+_WATCHED = frozenset({b"authorization", b"content-type", b"content-length", b"mcp-session-id",
+                      *rpc.ROUTING_HEADERS})
+
+
+def _collect(headers: list[tuple[bytes, bytes]]) -> tuple[dict[bytes, bytes], list[bytes]]:
+    """One pass over the request headers: the watched ones, and those that were repeated."""
+    found: dict[bytes, bytes] = {}
+    repeated: list[bytes] = []
+    for k, v in headers:
+        if k in _WATCHED:
+            if k in found:
+                repeated.append(k)
+            else:
+                found[k] = v
+    return found, repeated
+
+
+def _repeated(names: list[bytes], config: ProtectionConfig) -> _Refusal:
+    name = names[0].decode()
+    if name == "authorization":  # RFC 6750 §3.1: invalid_request
+        return _Refusal(400, "invalid_request", "more than one Authorization header", code=rpc.UNAUTHORIZED,
+                        headers={"www-authenticate": bearer_challenge(config, error="invalid_request")})
+    if name in ("mcp-protocol-version", "mcp-method", "mcp-name"):
+        return _Refusal(400, "header_mismatch", f"duplicate {name} header", code=rpc.HEADER_MISMATCH)
+    return _Refusal(400, "malformed", f"more than one {name} header", code=rpc.INVALID_REQUEST)
 
 
 def _id_key(value: Any) -> str:
@@ -189,7 +215,10 @@ class CBSTMiddleware:
             return
         started = time.time()
         try:
-            token = await self._authenticate(scope["headers"], [])
+            found, repeated = _collect(scope["headers"])
+            if repeated:
+                raise _repeated(repeated, self.config)
+            token = await self._authenticate(found, [])
         except _Refusal as refusal:
             await self._refuse(send, refusal)
             self._emit(AuditEvent(time=started, allowed=False, reason=refusal.reason,
@@ -206,27 +235,27 @@ class CBSTMiddleware:
             await self.app(scope, receive, send)
             return
         started, t0 = time.time(), time.perf_counter()
-        headers: list[tuple[bytes, bytes]] = scope["headers"]
+        found, repeated = _collect(scope["headers"])
         messages: list[rpc.Message] = []
         is_batch = False
         generation: str | None = None
         token: AccessToken | None = None
-        session_ids = [v for k, v in headers if k == b"mcp-session-id"]
-        sid = session_ids[0].decode("latin-1")[:256] if session_ids else None
+        raw_sid = found.get(b"mcp-session-id")
+        sid = raw_sid.decode("latin-1")[:256] if raw_sid is not None else None
         body = b""
         try:
-            if len(session_ids) > 1:  # first-copy and last-copy readers would disagree
-                raise _Refusal(400, "malformed", "more than one Mcp-Session-Id header", code=rpc.INVALID_REQUEST)
+            if repeated:  # first-copy and last-copy readers would disagree
+                raise _repeated(repeated, self.config)
             if method == "POST":
-                body = await self._read_body(headers, receive)
+                body = await self._read_body(found, receive)
                 try:
                     messages, is_batch = rpc.parse_messages(body, max_batch=self.config.max_batch_size)
-                    generation = rpc.check_routing_headers(headers, messages, is_batch)
+                    generation = rpc.check_routing(found, messages, is_batch)
                 except rpc.RPCRefusal as exc:
                     raise _Refusal(exc.status, exc.reason, exc.message, code=exc.code,
                                    request_id=exc.request_id) from None
             requirements = [rpc.required_capability(m) for m in messages]
-            token = await self._authenticate(headers, requirements)
+            token = await self._authenticate(found, requirements)
             if sid is not None:
                 self._check_session(sid, token)
             list_ids = self._authorize(token, messages, requirements)
@@ -268,13 +297,13 @@ class CBSTMiddleware:
         inner[ACCESS_TOKEN_SCOPE_KEY] = token
         return inner
 
-    async def _read_body(self, headers: list[tuple[bytes, bytes]], receive: Receive) -> bytes:
-        ctype = _header(headers, b"content-type")
+    async def _read_body(self, found: dict[bytes, bytes], receive: Receive) -> bytes:
+        ctype = found.get(b"content-type")
         if ctype is None or ctype.split(b";", 1)[0].strip().lower() != _JSON:
             raise _Refusal(415, "unsupported_media_type", "Content-Type must be application/json",
                            code=rpc.INVALID_REQUEST)
         limit = self.config.max_body_size
-        declared = _header(headers, b"content-length")
+        declared = found.get(b"content-length")
         if declared is not None:
             if not declared.isdigit():
                 raise _Refusal(400, "malformed", "invalid Content-Length", code=rpc.INVALID_REQUEST)
@@ -296,22 +325,19 @@ class CBSTMiddleware:
             if not message.get("more_body", False):
                 return b"".join(chunks) if len(chunks) != 1 else chunks[0]
 
-    async def _authenticate(self, headers: list[tuple[bytes, bytes]],
+    async def _authenticate(self, found: dict[bytes, bytes],
                             requirements: list[rpc.Requirement]) -> AccessToken:
         needed = _Needed(requirements)
-        values = [v for k, v in headers if k == b"authorization"]
-        if len(values) > 1:
-            raise _Refusal(400, "invalid_request", "more than one Authorization header",
-                           code=rpc.UNAUTHORIZED, headers={"www-authenticate": bearer_challenge(
-                               self.config, error="invalid_request", scope=needed)})
-        if not values:
+        value = found.get(b"authorization")
+        if value is None:
             raise _Refusal(401, "missing_token", "a bearer token is required", code=rpc.UNAUTHORIZED,
                            headers={"www-authenticate": bearer_challenge(self.config, scope=needed)})
-        scheme, _, raw = values[0].partition(b" ")
+        scheme, _, raw = value.partition(b" ")
         raw = raw.strip(b" ")
         if scheme.lower() != b"bearer" or not raw:
             raise self._invalid("use the Bearer authorization scheme", needed, "invalid_request")
-        if len(raw) > MAX_TOKEN_LENGTH or _TOKEN68.fullmatch(raw) is None:
+        if len(raw) > MAX_TOKEN_LENGTH or not raw.isascii() or b" " in raw:
+            # (the JWS parser then accepts only the base64url alphabet)
             raise self._invalid("malformed bearer token", needed)
         try:
             return await self.verifier.verify(raw.decode("ascii"))

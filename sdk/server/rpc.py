@@ -154,6 +154,23 @@ def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     return obj
 
 
+#: Members the decisions (and the audit) read. Written without escapes they can only appear in
+#: the raw body as these exact byte strings; the only JSON escapes that can spell one of their
+#: characters are ``\u`` and ``\/``.
+_DECISION_KEYS = tuple(f'"{k}"'.encode() for k in (
+    "jsonrpc", "id", "method", "params", "name", "uri", "arguments", "_meta", "result", "error",
+    PROTOCOL_VERSION_META_KEY))
+
+
+def _duplicates_impossible(body: bytes) -> bool:
+    """True when no object in ``body`` can repeat a member that decisions read: no escape that
+    could spell one, and each such member name at most once in the whole body. Then the fast C
+    parser is safe; otherwise the body is parsed with a duplicate-refusing hook."""
+    if b"\\u" in body or b"\\/" in body:
+        return False
+    return all(body.count(k) <= 1 for k in _DECISION_KEYS)
+
+
 def parse_messages(body: bytes, *, max_batch: int) -> tuple[list[Message], bool]:
     """Parse a POST body: (messages, is_batch). Raises :class:`RPCRefusal`.
 
@@ -161,7 +178,11 @@ def parse_messages(body: bytes, *, max_batch: int) -> tuple[list[Message], bool]
     (``{"name": "echo", "name": "delete-file"}``), and the app must see what was checked.
     """
     try:
-        data = json.loads(body.decode("utf-8"), object_pairs_hook=_no_duplicates)
+        text = body.decode("utf-8")
+        if _duplicates_impossible(body):
+            data = json.loads(text)
+        else:
+            data = json.loads(text, object_pairs_hook=_no_duplicates)
     except _DuplicateKey:
         raise RPCRefusal(400, INVALID_REQUEST, "a JSON object in the request repeats a member",
                          reason="malformed") from None
@@ -202,6 +223,9 @@ def _mismatch(text: str, rid: Any = None) -> RPCRefusal:
     return RPCRefusal(400, HEADER_MISMATCH, text, reason="header_mismatch", request_id=rid)
 
 
+ROUTING_HEADERS = (b"mcp-protocol-version", b"mcp-method", b"mcp-name")
+
+
 def check_routing_headers(raw_headers: Sequence[tuple[bytes, bytes]], messages: list[Message],
                           is_batch: bool) -> str | None:
     """Compare the mirrored routing headers with the body; return the modern protocol version
@@ -213,20 +237,23 @@ def check_routing_headers(raw_headers: Sequence[tuple[bytes, bytes]], messages: 
     every generation; in the modern one ``Mcp-Method`` (and ``Mcp-Name`` where the body names
     something) is required.
     """
-    version = method_h = name_h = None
-    seen: set[bytes] = set()
+    found: dict[bytes, bytes] = {}
     for key, value in raw_headers:
-        if key in (b"mcp-protocol-version", b"mcp-method", b"mcp-name"):
-            if key in seen:
+        if key in ROUTING_HEADERS:
+            if key in found:
                 raise _mismatch(f"duplicate {key.decode()} header")
-            seen.add(key)
-            text = value.decode("latin-1")
-            if key == b"mcp-protocol-version":
-                version = text
-            elif key == b"mcp-method":
-                method_h = text
-            else:
-                name_h = text
+            found[key] = value
+    return check_routing(found, messages, is_batch)
+
+
+def check_routing(found: Mapping[bytes, bytes], messages: list[Message], is_batch: bool) -> str | None:
+    """:func:`check_routing_headers` on headers already collected (each at most once)."""
+    raw_version = found.get(b"mcp-protocol-version")
+    raw_method = found.get(b"mcp-method")
+    raw_name = found.get(b"mcp-name")
+    version = raw_version.decode("latin-1") if raw_version is not None else None
+    method_h = raw_method.decode("latin-1") if raw_method is not None else None
+    name_h = raw_name.decode("latin-1") if raw_name is not None else None
     body_versions = {m.protocol_version for m in messages if m.protocol_version is not None}
     modern = (version is not None and version not in HANDSHAKE_VERSIONS) or bool(body_versions)
     if is_batch:
