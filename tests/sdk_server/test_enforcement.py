@@ -254,6 +254,9 @@ async def test_malformed_requests_get_clear_errors_never_500(idp: IdP) -> None:
             # parsers disagree on which copy of a repeated member wins: refused outright
             (b'{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"echo","name":"delete-file"}}', h, 400, -32600),
             (b'{"jsonrpc":"2.0","id":1,"method":"tools/list","method":"tools/call","params":{"name":"x"}}', h, 400, -32600),
+            # ... also when one copy is spelled with escapes
+            (b'{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"echo","\\u006eame":"delete-file"}}', h, 400, -32600),
+            (b'{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"echo","_meta":{},"_met\\u0061":{}}}', h, 400, -32600),
             (json.dumps(tool("echo")), {**h, "Content-Type": "text/plain"}, 415, None),
             (json.dumps(tool("echo")), {k: v for k, v in h.items() if k != "Content-Type"}, 415, None),
             (json.dumps(tool("echo")), {**h, "Content-Type": "application/jsonx"}, 415, None),
@@ -270,6 +273,9 @@ async def test_malformed_requests_get_clear_errors_never_500(idp: IdP) -> None:
                 yield b" " * 1000
         resp = await client.post("/mcp", content=chunks(), headers=h)
         assert resp.status_code == 413
+        resp = await client.post("/mcp", content=json.dumps(tool("echo")),
+                                 headers=[*h.items(), ("Content-Type", "text/plain")])
+        assert resp.status_code == 400  # a repeated Content-Type: which one would the app read?
         assert app.seen == []
         # content type with parameters is fine
         resp = await client.post("/mcp", content=json.dumps(tool("echo")), headers={**h, "Content-Type": "application/json; charset=utf-8"})
