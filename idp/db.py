@@ -69,6 +69,11 @@ def upgrade(engine: Engine, revision: str = "head") -> None:
         if conn.dialect.name == "postgresql":
             # One migrator at a time when several IdP processes start together.
             conn.exec_driver_sql("SELECT pg_advisory_xact_lock(4242017)")
+        elif conn.dialect.name == "sqlite":
+            # The same on SQLite: take the write lock first (waiting up to busy_timeout), so the
+            # migration runs in one transaction and a concurrent starter finds it done, instead
+            # of both creating the same tables ("table alembic_version already exists").
+            conn.exec_driver_sql("BEGIN IMMEDIATE")
         cfg = alembic_config(engine)
         cfg.attributes["connection"] = conn
         command.upgrade(cfg, revision)
