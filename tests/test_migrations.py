@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
@@ -113,3 +114,42 @@ def test_audit_table_cannot_be_truncated_on_postgresql(engine: sa.Engine) -> Non
     db.upgrade(engine)
     with pytest.raises(DBAPIError, match="append-only"), engine.begin() as conn:
         conn.execute(sa.text("TRUNCATE audit_events"))
+
+
+def test_concurrent_first_starts_migrate_once_and_create_one_initial_key(db_url: str, tmp_path: Path) -> None:
+    """Several IdP processes starting together on an empty database (replicas, serve + CLI)."""
+    import threading
+
+    from idp.config import Settings
+    from idp.provider import Provider
+    from idp_testing import ISSUER, random_kek
+
+    settings = Settings(issuer=ISSUER, database_url=db_url, keys_dir=tmp_path / "keys", keystore_kek=random_kek())
+    barrier = threading.Barrier(4)
+    results: list[object] = []
+
+    def start() -> None:
+        barrier.wait()
+        try:
+            prov = Provider.open(settings)
+            try:
+                results.append(prov.keys.signer().kid)
+            finally:
+                prov.close()
+        except Exception as exc:  # noqa: BLE001 - reported below
+            results.append(exc)
+
+    threads = [threading.Thread(target=start) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert not [r for r in results if isinstance(r, Exception)], results
+    assert len(results) == 4 and len(set(results)) == 1  # everyone signs with the one initial key
+    eng = db.create_db_engine(db_url)
+    try:
+        assert db.current_revision(eng) == head()
+        with eng.connect() as conn:
+            assert conn.execute(sa.text("SELECT count(*) FROM signing_keys")).scalar() == 1
+    finally:
+        eng.dispose()
