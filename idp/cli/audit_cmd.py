@@ -7,6 +7,7 @@ import time
 from typing import Annotated, Optional
 
 import typer
+from rich.markup import escape
 
 from .. import audit
 from .common import JsonOpt, emit_json, out, provider, when
@@ -15,10 +16,12 @@ app = typer.Typer(help="Audit log.", no_args_is_help=True)
 
 
 def _line(row: dict) -> str:  # type: ignore[type-arg]
-    data = " ".join(f"{k}={v}" for k, v in row["data"].items())
-    who = f" client={row['client_id']}" if row.get("client_id") else ""
-    jti = f" jti={row['jti']}" if row.get("jti") else ""
-    return f"[dim]{row['id']:>6} {when(row['ts'])}[/] [bold]{row['event']:<18}[/] actor={row['actor']}{who}{jti} {data}"
+    # Stored values are data, never console markup (an audience may contain "[/]").
+    data = escape(" ".join(f"{k}={v}" for k, v in row["data"].items()))
+    who = escape(f" client={row['client_id']}") if row.get("client_id") else ""
+    jti = escape(f" jti={row['jti']}") if row.get("jti") else ""
+    return (f"[dim]{row['id']:>6} {when(row['ts'])}[/] [bold]{escape(row['event']):<18}[/] "
+            f"actor={escape(row['actor'])}{who}{jti} {data}")
 
 
 @app.command("tail")

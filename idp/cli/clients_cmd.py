@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from ..clients import AUTH_METHODS, ClientError, ClientRecord
@@ -21,7 +22,7 @@ def _show(client: ClientRecord, secret: str | None = None) -> None:
     for key, value in client.public_dict().items():
         if key in ("created_at", "updated_at"):
             value = when(value)
-        table.add_row(f"[bold]{key}[/]", ", ".join(value) if isinstance(value, list) else str(value))
+        table.add_row(f"[bold]{key}[/]", escape(", ".join(value) if isinstance(value, list) else str(value)))
     if secret:
         table.add_row("[bold]client_secret[/]", f"[yellow]{secret}[/]")
     out.print(table)
@@ -70,7 +71,7 @@ def list_(as_json: JsonOpt = False) -> None:
     table = Table("name", "client_id", "auth", "enabled", "capabilities", "audiences")
     for c in clients:
         table.add_row(c.name, c.client_id, c.auth_method, "yes" if c.enabled else "[red]no[/]",
-                      c.capabilities.to_scope(), " ".join(c.audiences))
+                      escape(c.capabilities.to_scope()), escape(" ".join(c.audiences)))
     out.print(table if clients else "[dim]no clients[/]")
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from .common import JsonOpt, emit_json, load_settings, out
@@ -19,5 +20,5 @@ def show(as_json: JsonOpt = False) -> None:
         return
     table = Table("setting", "value", "environment variable", title="effective configuration")
     for name, value in settings.items():
-        table.add_row(name, "-" if value is None else str(value), "IDP_" + name.upper())
+        table.add_row(name, "-" if value is None else escape(str(value)), "IDP_" + name.upper())
     out.print(table)
