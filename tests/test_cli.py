@@ -80,7 +80,7 @@ def test_clients_add_list_show_disable_enable_remove_and_tokens_revoke(settings:
     resp = http.post("/token", data={"grant_type": "client_credentials", "resource": AUDIENCE}, auth=(client_id, secret))
     assert resp.status_code == 401 and resp.json()["error"] == "invalid_client"
     assert "disabled" in resp.json()["error_description"]
-    # By client_id; "--" because a generated client_id may begin with "-" (see report).
+    # By client_id ("--" ends the options, as a script passing any id should).
     assert json.loads(cli(env, "clients", "enable", "--json", "--", client_id).stdout)["enabled"] is True
     resp = http.post("/token", data={"grant_type": "client_credentials", "resource": AUDIENCE}, auth=(client_id, secret))
     assert resp.status_code == 200, resp.text
@@ -257,3 +257,22 @@ def test_config_show_masks_secrets_and_reads_a_toml_file_under_the_environment(t
     bad.write_text('issuer = "https://x.example/"\n')
     line = _clean_error(cli(base, "--config", str(bad), "config", "show", code=1))
     assert line.startswith("error:") and "issuer" in line, line
+
+
+def test_human_output_shows_stored_values_literally(tmp_path: Path) -> None:
+    """Values are data, not console markup: brackets in an audience neither crash nor vanish."""
+    env = {"IDP_DATABASE_URL": f"sqlite:///{tmp_path / 'idp.db'}", "IDP_KEYS_DIR": str(tmp_path / "keys"),
+           "IDP_LOG_LEVEL": "warning", "COLUMNS": "400"}  # wide enough that no table cell is cut
+    odd = ["https://x.example/a[/]b", "https://x.example/[red]c[/red]", "https://x.example/[bold]"]
+    args = [a for aud in odd for a in ("--audience", aud)]
+    added = cli(env, "clients", "add", "odd", "--capabilities", "tools/call:x", *args)
+    outputs = {"add": added.stdout}
+    for name, cmd in (("list", ["clients", "list"]), ("show", ["clients", "show", "odd"]),
+                      ("tail", ["audit", "tail"])):
+        outputs[name] = cli(env, *cmd).stdout
+    config = cli({**env, "IDP_KEYS_DIR": str(tmp_path / "[/]keys")}, "config", "show").stdout
+    assert "[/]keys" in config
+    for name, out in outputs.items():
+        flat = "".join(out.split())  # tables may wrap long cells
+        for aud in odd:
+            assert aud in flat, f"{name}: {aud!r} not shown literally:\n{out}"
