@@ -25,10 +25,13 @@ from sqlalchemy.exc import IntegrityError
 from sdk.capabilities import CapabilityError, CapabilitySet
 
 from . import audit, clock
-from .models import Client
+from .models import AuditEvent, Client, RevokedToken
 from .sql import Prepared
 
 _clients = Client.__table__  # type: ignore[attr-defined]
+_audit = AuditEvent.__table__  # type: ignore[attr-defined]
+_revoked = RevokedToken.__table__  # type: ignore[attr-defined]
+MAX_TOKEN_LIFETIME = 86400  # the upper bound of access_token_ttl (idp.config)
 
 AUTH_METHODS = ("client_secret_basic", "client_secret_post", "private_key_jwt")
 SECRET_PREFIX = "cbsts_"  # makes leaked secrets easy for scanners to recognise
@@ -223,14 +226,17 @@ class ClientRegistry:
         client = self._require(id_or_name)
         with audit.transaction(self._engine) as tx:
             tx.conn.execute(update(_clients).where(_clients.c.client_id == client.client_id).values(enabled=enabled, updated_at=clock.now()))
-            tx.record(audit.Record("client.enabled" if enabled else "client.disabled", actor, client_id=client.client_id))
+            data = {} if enabled else {"revoked_tokens": _revoke_outstanding(tx, client.client_id)}
+            tx.record(audit.Record("client.enabled" if enabled else "client.disabled", actor, client_id=client.client_id, data=data))
         return self._require(client.client_id)
 
     def remove(self, id_or_name: str, *, actor: str = "cli") -> ClientRecord:
         client = self._require(id_or_name)
         with audit.transaction(self._engine) as tx:
             tx.conn.execute(delete(_clients).where(_clients.c.client_id == client.client_id))
-            tx.record(audit.Record("client.removed", actor, client_id=client.client_id, data={"name": client.name}))
+            revoked = _revoke_outstanding(tx, client.client_id)
+            tx.record(audit.Record("client.removed", actor, client_id=client.client_id,
+                                   data={"name": client.name, "revoked_tokens": revoked}))
         return client
 
     def _require(self, id_or_name: str) -> ClientRecord:
@@ -238,3 +244,27 @@ class ClientRegistry:
         if client is None:
             raise ClientError(f"no client {id_or_name!r}")
         return client
+
+
+def _revoke_outstanding(tx: audit.Transaction, client_id: str) -> int:
+    """Revoke every unexpired token of a client being disabled or removed, in the same transaction.
+
+    Introspection then reports them inactive at once, and resource servers that verify offline
+    learn of them from the revocation list. The issued tokens are found in the audit log (no
+    token outlives the longest configurable lifetime, one day).
+    """
+    now = clock.now()
+    issued = tx.conn.execute(
+        select(_audit.c.jti, _audit.c.data).where(
+            _audit.c.client_id == client_id, _audit.c.event == "token.issued", _audit.c.ts >= now - MAX_TOKEN_LIFETIME
+        )
+    ).all()
+    outstanding = {row.jti: json.loads(row.data).get("exp", 0) for row in issued if row.jti}
+    outstanding = {jti: exp for jti, exp in outstanding.items() if isinstance(exp, int) and exp > now}
+    if not outstanding:
+        return 0
+    already = {r.jti for r in tx.conn.execute(select(_revoked.c.jti).where(_revoked.c.jti.in_(list(outstanding))))}
+    rows = [{"jti": j, "client_id": client_id, "expires_at": e, "revoked_at": now} for j, e in outstanding.items() if j not in already]
+    if rows:
+        tx.conn.execute(insert(_revoked), rows)
+    return len(rows)

@@ -59,6 +59,11 @@ class Settings(BaseSettings):
             raise ValueError("issuer must be an http(s) URL without query or fragment")
         if value.endswith("/"):
             raise ValueError("issuer must not end with '/' (MCP clients compare it byte for byte)")
+        if parts.path:
+            # RFC 8414 §3.1 would put the metadata at /.well-known/oauth-authorization-server<path>
+            # and every endpoint under the path; the IdP serves from the origin's root.
+            raise ValueError("issuer must be an origin without a path (https://idp.example.com); "
+                             "serve the IdP at the root of its own host name")
         return value
 
     @model_validator(mode="after")

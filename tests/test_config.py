@@ -40,7 +40,7 @@ def test_audit_retention_outside_7_to_30_days_is_refused(days: int) -> None:
         Settings(audit_retention_days=days)
 
 
-@pytest.mark.parametrize("issuer", ["https://idp.example/", "https://idp.example/tenant/", "ftp://idp.example",
+@pytest.mark.parametrize("issuer", ["https://idp.example/", "https://idp.example/tenant/", "https://idp.example/tenant", "ftp://idp.example",
                                     "https://idp.example?x=1", "https://idp.example#f", "idp.example", ""])
 def test_invalid_issuer_is_refused(issuer: str) -> None:
     with pytest.raises(ValidationError, match="issuer"):
@@ -48,7 +48,7 @@ def test_invalid_issuer_is_refused(issuer: str) -> None:
 
 
 def test_valid_issuers_are_kept_byte_for_byte() -> None:
-    for issuer in ("https://idp.example", "https://idp.example/tenant", "http://127.0.0.1:8000"):
+    for issuer in ("https://idp.example", "https://idp.example:8443", "http://127.0.0.1:8000"):
         assert Settings(issuer=issuer).issuer == issuer
 
 

@@ -99,7 +99,7 @@ def _set_enabled(ref: str, enabled: bool, as_json: bool) -> None:
 
 @app.command("disable")
 def disable(ref: Ref, as_json: JsonOpt = False) -> None:
-    """Disable a client: it can no longer get, introspect or revoke tokens."""
+    """Disable a client: it can no longer get, introspect or revoke tokens, and its unexpired tokens are revoked."""
     _set_enabled(ref, False, as_json)
 
 
@@ -115,7 +115,7 @@ def remove(
     yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")] = False,
     as_json: JsonOpt = False,
 ) -> None:
-    """Remove a client for good (its unexpired tokens stay valid until they expire; revoke them first if needed)."""
+    """Remove a client for good; its unexpired tokens are revoked."""
     with provider(as_json) as prov:
         client = prov.clients.find(ref)
         if client is None:

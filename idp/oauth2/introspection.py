@@ -22,7 +22,8 @@ INACTIVE = {"active": False}
 
 
 def validate_own_token(provider: Provider, token: str) -> dict[str, Any] | None:
-    """Claims of a token this IdP issued that is still valid (signature, iss, exp, not revoked)."""
+    """Claims of a token this IdP issued that is still valid (signature, iss, exp, not revoked,
+    its client still registered and enabled)."""
     try:
         try:
             verified = jws.verify(token, provider.keys.verification_keys())
@@ -38,6 +39,9 @@ def validate_own_token(provider: Provider, token: str) -> dict[str, Any] | None:
     if claims.get("iss") != provider.settings.issuer or not isinstance(exp, int) or exp <= now:
         return None
     if not isinstance(jti, str) or provider.revocations.is_revoked(jti):
+        return None
+    owner = provider.clients.get(claims.get("client_id"))  # type: ignore[arg-type]
+    if owner is None or not owner.enabled:
         return None
     return claims
 
