@@ -14,6 +14,7 @@ import base64
 import binascii
 import hashlib
 import json
+import warnings
 from dataclasses import dataclass
 from urllib.parse import unquote_plus
 
@@ -29,7 +30,10 @@ from .errors import InvalidClient, InvalidRequest
 from .forms import Form
 
 JWT_BEARER_ASSERTION = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
-ASSERTION_ALGS = ["ES256", "ES384", "ES512", "EdDSA", "RS256", "RS384", "RS512", "PS256", "PS384", "PS512"]
+ASSERTION_ALGS = ["ES256", "ES384", "ES512", "Ed25519", "EdDSA", "RS256", "RS384", "RS512", "PS256", "PS384", "PS512"]
+# RFC 9864 deprecates the polymorphic "EdDSA" name in favour of "Ed25519", which we accept too; many
+# clients still send "EdDSA", and joserfc would warn on every such assertion it verifies.
+warnings.filterwarnings("ignore", message="EdDSA is deprecated via RFC 9864")
 MAX_ASSERTION_LIFETIME = 3600
 _jtis = AssertionJti.__table__  # type: ignore[attr-defined]
 _FAILED = "client authentication failed"
