@@ -12,6 +12,7 @@ from typing import Annotated, Any, NoReturn
 import typer
 from pydantic import ValidationError
 from rich.console import Console
+from rich.markup import escape
 
 from ..config import Settings
 from ..db import DatabaseError
@@ -27,7 +28,7 @@ def fail(message: str, *, as_json: bool = False, code: int = 1) -> NoReturn:
     if as_json:
         print(json.dumps({"error": message}))
     else:
-        err.print(f"[bold red]error:[/] {message}", markup=True)
+        err.print(f"[bold red]error:[/] {escape(message)}", markup=True)  # the message quotes user input
     raise typer.Exit(code)
 
 
