@@ -194,6 +194,8 @@ def test_bad_input_is_refused_with_a_clear_error_and_writes_nothing(settings: Se
         (["clients", "add", "taken", "--capabilities", "tools/call:x", "--audience", AUDIENCE], {}, "already exists"),
         (["clients", "add", "c1", "--capabilities", "nomethod:**:x", "--audience", AUDIENCE], {}, ""),
         (["clients", "add", "c1", "--capabilities", "tools/call:x", "--audience", "not-a-uri"], {}, "audience"),
+        (["clients", "add", "c1", "--capabilities", "tools/call:x", "--audience", "bad[red]uri"], {}, "bad[red]uri"),
+        (["clients", "show", "a[/]b"], {}, "a[/]b"),
         (["clients", "add", "bad name!", "--capabilities", "tools/call:x", "--audience", AUDIENCE], {}, "name"),
         ([*add, "--auth", "private_key_jwt", "--jwks", str(tmp_path / "missing.json")], {}, "missing.json"),
         ([*add, "--auth", "private_key_jwt", "--jwks", str(private)], {}, "public keys only"),
