@@ -6,6 +6,7 @@ import os
 from typing import Annotated, Optional
 
 import typer
+from rich.markup import escape
 
 from .. import logs
 from .common import err, provider
@@ -28,9 +29,10 @@ def serve(
     port = port or settings.port
     workers = workers or settings.workers
     if keystore.startswith("file:"):
-        err.print(f"[yellow]note:[/] signing keys are encrypted with a generated key in {keystore[5:]}; "
+        err.print(f"[yellow]note:[/] signing keys are encrypted with a generated key in {escape(keystore[5:])}; "
                   "set IDP_KEYSTORE_PASSPHRASE or IDP_KEYSTORE_KEK in production.")
-    err.print(f"CBST IdP: issuer [bold]{settings.issuer}[/], listening on http://{host}:{port} ({workers} worker(s))")
+    err.print(f"CBST IdP: issuer [bold]{escape(settings.issuer)}[/], listening on http://{escape(host)}:{port} "
+              f"({workers} worker(s))")
     os.environ.setdefault("IDP_LOG_LEVEL", settings.log_level)
     uvicorn.run("idp.app:app_from_env", factory=True, host=host, port=port, workers=workers,
                 log_level=settings.log_level, access_log=False, proxy_headers=False, server_header=False)
