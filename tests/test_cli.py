@@ -274,6 +274,16 @@ def test_human_output_shows_stored_values_literally(tmp_path: Path) -> None:
         outputs[name] = cli(env, *cmd).stdout
     config = cli({**env, "IDP_KEYS_DIR": str(tmp_path / "[/]keys")}, "config", "show").stdout
     assert "[/]keys" in config
+    import socket
+
+    with socket.socket() as busy:  # serve prints its banner, then cannot bind: no server left running
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        res = run_cli("serve", "--port", str(busy.getsockname()[1]),
+                      env={**env, "IDP_KEYS_DIR": str(tmp_path / "[/]keys")})
+    assert res.returncode != 0 and "Traceback" not in res.stderr, res.stderr
+    assert "[/]keys" in res.stderr  # the note names the generated KEK file literally
+    assert "address already in use" in res.stderr
     for name, out in outputs.items():
         flat = "".join(out.split())  # tables may wrap long cells
         for aud in odd:
