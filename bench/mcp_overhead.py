@@ -310,13 +310,21 @@ def main() -> None:
         if kind in thr:
             summary[kind]["rps"] = statistics.median(thr[kind])
             summary[kind]["server_cpu_us"] = statistics.median(cpu[kind]) * 1e9 / 1e3
-    added = summary["protected"]["p50"] / summary["plain"]["p50"] - 1
+    # Rounds are interleaved, so compare pairwise: the median over rounds of the per-round
+    # difference cancels drift in the machine's load between rounds (unpaired medians do not).
+    paired = [p["p50"] / q["p50"] - 1 for p, q in zip(lat["protected"], lat["plain"], strict=True)]
+    paired_us = [(p["p50"] - q["p50"]) * 1e6 for p, q in zip(lat["protected"], lat["plain"], strict=True)]
+    paired_cpu = [(p - q) * 1e6 for p, q in zip(cpu["protected"], cpu["plain"], strict=True)]
+    paired_rps = [p / q - 1 for p, q in zip(thr["protected"], thr["plain"], strict=True)]
+    added = statistics.median(paired)
     result = {
         "meta": {"generated": now_iso(), "machine": machine_info(), "git": git_info(), "python": sys.version.split()[0],
                  "versions": {p: dist_version(p) for p in ("mcp", "uvicorn", "starlette", "httpx", "cryptography")},
                  "rounds": rounds, "requests_per_round": n, "concurrency": args.concurrency,
                  "throughput_seconds": seconds, "quick": args.quick},
-        "summary_ms": summary, "added_p50": added, "rounds": {"latency_s": lat, "rps": thr, "server_cpu_s_per_request": cpu},
+        "summary_ms": summary, "added_p50": added, "paired": {
+            "added_p50_ratio": paired, "added_p50_us": paired_us, "added_server_cpu_us": paired_cpu,
+            "throughput_ratio": paired_rps}, "rounds": {"latency_s": lat, "rps": thr, "server_cpu_s_per_request": cpu},
     }
     RESULTS_DIR.mkdir(exist_ok=True)
     (RESULTS_DIR / "mcp_overhead.json").write_text(json.dumps(result, indent=2))

@@ -17,7 +17,7 @@ import json
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from ..capabilities import URI_METHODS, CapabilityError, CapabilitySet
 
@@ -254,7 +254,7 @@ def check_routing(found: Mapping[bytes, bytes], messages: list[Message], is_batc
     version = raw_version.decode("latin-1") if raw_version is not None else None
     method_h = raw_method.decode("latin-1") if raw_method is not None else None
     name_h = raw_name.decode("latin-1") if raw_name is not None else None
-    body_versions = {m.protocol_version for m in messages if m.protocol_version is not None}
+    body_versions = {v for v in (m.protocol_version for m in messages) if v is not None}
     modern = (version is not None and version not in HANDSHAKE_VERSIONS) or bool(body_versions)
     if is_batch:
         if modern or method_h is not None or name_h is not None:
@@ -285,8 +285,7 @@ def check_routing(found: Mapping[bytes, bytes], messages: list[Message], is_batc
     return next(iter(body_versions), None) or version
 
 
-@dataclass(slots=True, frozen=True)
-class Requirement:
+class Requirement(NamedTuple):
     """What a message needs: nothing but a valid token (``open``), a list capability (filtered
     result), or one capability of ``method`` on ``target``."""
 
