@@ -136,6 +136,17 @@ def tail(engine: Engine, *, limit: int = 50, after_id: int | None = None, event:
     return rows
 
 
+def by_ids(engine: Engine, ids: Sequence[int]) -> list[dict[str, Any]]:
+    """The records with these ids that exist (are committed), oldest first."""
+    if not ids:
+        return []
+    with engine.connect() as conn:
+        rows = [dict(r._mapping) for r in conn.execute(select(_table).where(_table.c.id.in_(list(ids))).order_by(_table.c.id))]
+    for row in rows:
+        row["data"] = json.loads(row["data"])
+    return rows
+
+
 def find_issuance(engine: Engine, jti: str) -> dict[str, Any] | None:
     with engine.connect() as conn:
         row = conn.execute(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import time
 from typing import Annotated, Optional
 
@@ -13,6 +14,8 @@ from .. import audit
 from .common import JsonOpt, emit_json, out, provider, when
 
 app = typer.Typer(help="Audit log.", no_args_is_help=True)
+GAP_WAIT = 60.0  # seconds a missing id may still be an open transaction
+MAX_GAPS = 10000
 
 
 def _line(row: dict) -> str:  # type: ignore[type-arg]
@@ -39,11 +42,27 @@ def tail(
         last = rows[-1]["id"] if rows else 0
         for row in rows:
             print(json.dumps(row, separators=(",", ":"), default=str), flush=True) if as_json else out.print(_line(row))
+        # Ids are allocated at insert but visible at commit: with several IdP processes a record
+        # can appear after one with a higher id. Polling all events (filtering here) shows every
+        # such hole; a hole is re-read until its record appears or GAP_WAIT says it rolled back.
+        wanted = re.compile(re.escape(event).replace(r"\*", ".*")) if event else None
+        gaps: dict[int, float] = {}
         try:
             while follow:
                 time.sleep(interval)
-                for row in audit.tail(prov.engine, limit=1000, after_id=last, event=event, client_id=client):
+                fresh = audit.tail(prov.engine, limit=1000, after_id=last)
+                late = audit.by_ids(prov.engine, list(gaps)) if gaps else []
+                now = time.monotonic()
+                for row in fresh:
+                    for missing in range(last + 1, min(row["id"], last + 1 + MAX_GAPS)):
+                        gaps[missing] = now + GAP_WAIT
                     last = row["id"]
+                for row in late:
+                    gaps.pop(row["id"], None)
+                gaps = {i: until for i, until in gaps.items() if until > now}
+                for row in sorted(late + fresh, key=lambda r: r["id"]):
+                    if (wanted and not wanted.fullmatch(row["event"])) or (client and row["client_id"] != client):
+                        continue
                     print(json.dumps(row, separators=(",", ":"), default=str), flush=True) if as_json else out.print(_line(row))
         except KeyboardInterrupt:
             pass
