@@ -230,3 +230,45 @@ def test_cli_changes_also_write_a_json_audit_log_line(settings: Settings, provid
 
     quiet = run_cli("clients", "disable", "logged", env={**env, "IDP_LOG_LEVEL": "warning"})
     assert quiet.returncode == 0 and quiet.stderr == ""
+
+
+@pytest.mark.slow
+def test_audit_tail_follow_does_not_skip_a_record_that_commits_late(settings: Settings, provider: Provider) -> None:
+    """With several IdP processes, ids are allocated at insert but become visible at commit, so
+    a record can appear after one with a higher id; --follow must still print it."""
+    env = env_for(settings)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "idp.cli", "audit", "tail", "--follow", "--json", "-n", "1", "--interval", "0.2"],
+        env={**__import__("os").environ, **env}, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT,
+    )
+    lines: queue.Queue[str] = queue.Queue()
+    threading.Thread(target=lambda: [lines.put(line) for line in proc.stdout], daemon=True).start()  # type: ignore[union-attr]
+    insert = sa.text("INSERT INTO audit_events (ts, event, actor, data) VALUES (:ts, :e, 'test', '{}')")
+    printed: list[str] = []
+
+    def read_until(wanted: set[str], timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while not wanted <= set(printed) and time.monotonic() < deadline:
+            try:
+                printed.append(json.loads(lines.get(timeout=0.5))["event"])
+            except queue.Empty:
+                pass
+
+    try:
+        assert json.loads(lines.get(timeout=30))["event"] == "key.created"  # the newest existing record
+        with provider.engine.connect() as slow:
+            slow_tx = slow.begin()
+            slow.execute(insert, {"ts": int(time.time()), "e": "test.late"})  # the lower id, not committed yet
+            if provider.engine.dialect.name == "sqlite":
+                slow_tx.commit()  # SQLite has one writer at a time: commits come in id order anyway
+            with provider.engine.begin() as conn:
+                conn.execute(insert, {"ts": int(time.time()), "e": "test.early"})
+            read_until({"test.early"}, 30)
+            time.sleep(0.6)  # a few polls pass while the lower id is still invisible
+            if slow_tx.is_active:
+                slow_tx.commit()
+        read_until({"test.early", "test.late"}, 10)
+        assert sorted(printed) == ["test.early", "test.late"], printed
+    finally:
+        proc.terminate()
+        proc.wait(10)
