@@ -35,7 +35,10 @@ def create_db_engine(url: str, *, sqlite_synchronous: str = "FULL") -> Engine:
     if url.startswith("sqlite"):
         path = make_url(url).database
         if path and path != ":memory:":
-            Path(path).parent.mkdir(parents=True, exist_ok=True)
+            try:
+                Path(path).parent.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise DatabaseError(f"cannot create the directory of the database {path}: {exc.strerror}") from None
         engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 10})
 
         @event.listens_for(engine, "connect")
