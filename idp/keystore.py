@@ -61,11 +61,17 @@ class Keystore:
         if not path.exists():
             if not create:
                 raise KeystoreError(f"no keystore KEK at {path} and none configured")
-            path.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                path.parent.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise KeystoreError(f"cannot create the keys directory {path.parent}: {exc.strerror}") from None
             # Write the whole key to a private temporary file, then link it into place: the
             # link is atomic, so a process starting at the same moment sees either no file or
             # a complete one (never the empty file an O_EXCL create leaves before its write).
-            fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".kek-")  # mode 0600
+            try:
+                fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".kek-")  # mode 0600
+            except OSError as exc:
+                raise KeystoreError(f"cannot write the keystore KEK in {path.parent}: {exc.strerror}") from None
             try:
                 with os.fdopen(fd, "w") as fh:
                     fh.write(b64url_encode(secrets.token_bytes(32)) + "\n")
