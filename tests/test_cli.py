@@ -213,7 +213,8 @@ def test_bad_input_is_refused_with_a_clear_error_and_writes_nothing(settings: Se
     assert counts(provider) == before
 
 
-def test_invalid_configuration_is_refused_with_a_clear_error_and_creates_nothing(tmp_path: Path) -> None:
+def test_invalid_configuration_is_refused_with_a_clear_error_and_creates_nothing(
+        tmp_path: Path, tmp_path_factory: pytest.TempPathFactory) -> None:
     env = {"IDP_DATABASE_URL": f"sqlite:///{tmp_path / 'idp.db'}", "IDP_KEYS_DIR": str(tmp_path / "keys")}
     add = ["clients", "add", "newbie", "--capabilities", "tools/call:x", "--audience", AUDIENCE]
     cases: list[tuple[list[str], dict[str, str], str]] = [
@@ -226,6 +227,10 @@ def test_invalid_configuration_is_refused_with_a_clear_error_and_creates_nothing
     ]
     unreachable = {"IDP_DATABASE_URL": "postgresql://idp:hunter2@127.0.0.1:1/idp"}
     cases += [([*cmd], unreachable, "127.0.0.1") for cmd in (["clients", "list"], ["db", "upgrade"], ["db", "current"])]
+    # Paths that cannot be created (under a file).
+    elsewhere = f"sqlite:///{tmp_path_factory.mktemp('db') / 'idp.db'}"
+    cases += [(["clients", "list"], {"IDP_DATABASE_URL": "sqlite:////dev/null/idp.db"}, "/dev/null"),
+              (["keys", "list"], {"IDP_DATABASE_URL": elsewhere, "IDP_KEYS_DIR": "/dev/null/keys"}, "/dev/null/keys")]
     _check_refusals(cases, env)
     # Usage errors (click) exit 2, also without a traceback.
     for args in (["clients", "add", "x"], ["--config", str(tmp_path / "nope.toml"), "config", "show"],
