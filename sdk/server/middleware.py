@@ -149,6 +149,9 @@ class CBSTMiddleware:
         kind = scope["type"]
         if kind == "http":
             path = scope["path"]
+            root = scope.get("root_path")
+            if root and path.startswith(root):  # mounted under a prefix: route as Starlette does
+                path = path[len(root):] or "/"
             if path in self._mcp_paths:
                 await self._mcp(scope, receive, send)
             elif path in self._metadata_paths:

@@ -444,3 +444,21 @@ def test_fuzzed_requests_never_500_and_never_reach_the_app_unchecked(idp: IdP, f
 @pytest.fixture(scope="module")
 def fuzz_token(idp: IdP) -> str:
     return idp.new_token("tools/call:echo resources/read:file:///docs/**", RES)
+
+
+@pytest.mark.anyio
+async def test_enforcement_holds_when_the_protected_app_is_mounted_under_a_prefix(idp: IdP) -> None:
+    from starlette.applications import Starlette
+    from starlette.routing import Mount
+
+    app = RecordingApp()
+    token = idp.new_token("tools/call:echo", RES)
+    mw = CBSTMiddleware(app, ProtectionConfig(issuer=idp.url, resource=RES))
+    outer = Starlette(routes=[Mount("/api", app=mw)])
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=outer), base_url="http://127.0.0.1:9") as client:
+        resp = await client.post("/api/mcp", json=tool("delete-file"), headers=legacy_headers(token))
+        assert resp.status_code == 403
+        resp = await client.post("/api/mcp", json=tool("echo"), headers=legacy_headers(token))
+        assert resp.status_code == 200
+        assert (await client.get("/api/.well-known/oauth-protected-resource/mcp")).status_code == 200
+    await mw.aclose()
