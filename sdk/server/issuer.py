@@ -35,6 +35,8 @@ from ..jws import JWSError, PublicKey
 __all__ = ["IssuerClient", "IssuerUnavailable"]
 
 MAX_DOCUMENT_BYTES = 1024 * 1024
+#: The revocation list grows with revocations of unexpired tokens (~60 bytes each).
+MAX_REVOCATION_LIST_BYTES = 64 * 1024 * 1024
 MAX_KEYS = 64
 _MAX_AGE = re.compile(r"(?:^|[,\s])max-age\s*=\s*\"?(\d+)\"?", re.IGNORECASE)
 _NO_CACHE = re.compile(r"(?:^|[,\s])(no-store|no-cache)(?:$|[,\s=])", re.IGNORECASE)
@@ -116,14 +118,15 @@ class IssuerClient:
                                              headers={"Accept": "application/json"})
         return self._client
 
-    async def _get(self, url: str, headers: Mapping[str, str] | None = None) -> httpx.Response:
+    async def _get(self, url: str, headers: Mapping[str, str] | None = None, *,
+                   limit: int = MAX_DOCUMENT_BYTES) -> httpx.Response:
         try:
             async with self._http().stream("GET", url, headers=headers, timeout=self._timeout) as resp:
                 chunks, size = [], 0
                 async for chunk in resp.aiter_bytes():
                     size += len(chunk)
-                    if size > MAX_DOCUMENT_BYTES:
-                        raise IssuerUnavailable(f"{url}: document larger than {MAX_DOCUMENT_BYTES} bytes")
+                    if size > limit:
+                        raise IssuerUnavailable(f"{url}: document larger than {limit} bytes")
                     chunks.append(chunk)
                 resp._content = b"".join(chunks)  # noqa: SLF001 - read once, bounded
                 return resp
@@ -306,7 +309,7 @@ class IssuerClient:
             return
         self._revocation_supported = True
         self.stats["revocation_fetches"] += 1
-        resp = await self._get(url)
+        resp = await self._get(url, limit=MAX_REVOCATION_LIST_BYTES)
         doc = self._json(resp, "revocation list")
         entries = doc.get("revoked")
         if not isinstance(entries, list):
