@@ -226,7 +226,7 @@ class ClientRegistry:
         client = self._require(id_or_name)
         with audit.transaction(self._engine) as tx:
             tx.conn.execute(update(_clients).where(_clients.c.client_id == client.client_id).values(enabled=enabled, updated_at=clock.now()))
-            data = {} if enabled else {"revoked_tokens": _revoke_outstanding(tx, client.client_id)}
+            data = {} if enabled else {"revoked_tokens": _revoke_outstanding(tx, client.client_id, actor=actor, reason="client disabled")}
             tx.record(audit.Record("client.enabled" if enabled else "client.disabled", actor, client_id=client.client_id, data=data))
         return self._require(client.client_id)
 
@@ -234,7 +234,7 @@ class ClientRegistry:
         client = self._require(id_or_name)
         with audit.transaction(self._engine) as tx:
             tx.conn.execute(delete(_clients).where(_clients.c.client_id == client.client_id))
-            revoked = _revoke_outstanding(tx, client.client_id)
+            revoked = _revoke_outstanding(tx, client.client_id, actor=actor, reason="client removed")
             tx.record(audit.Record("client.removed", actor, client_id=client.client_id,
                                    data={"name": client.name, "revoked_tokens": revoked}))
         return client
@@ -246,7 +246,7 @@ class ClientRegistry:
         return client
 
 
-def _revoke_outstanding(tx: audit.Transaction, client_id: str) -> int:
+def _revoke_outstanding(tx: audit.Transaction, client_id: str, *, actor: str, reason: str) -> int:
     """Revoke every unexpired token of a client being disabled or removed, in the same transaction.
 
     Introspection then reports them inactive at once, and resource servers that verify offline
@@ -267,4 +267,6 @@ def _revoke_outstanding(tx: audit.Transaction, client_id: str) -> int:
     rows = [{"jti": j, "client_id": client_id, "expires_at": e, "revoked_at": now} for j, e in outstanding.items() if j not in already]
     if rows:
         tx.conn.execute(insert(_revoked), rows)
+        tx.record(*(audit.Record("token.revoked", actor, client_id=client_id, jti=r["jti"],
+                                 data={"exp": r["expires_at"], "reason": reason}) for r in rows))
     return len(rows)

@@ -56,6 +56,9 @@ def test_disabling_or_removing_a_client_revokes_its_outstanding_tokens(provider:
     assert _jti(bystander) not in listed
     record = audit.tail(provider.engine, limit=1, event="client.disabled" if action == "disable" else "client.removed")[-1]
     assert record["data"]["revoked_tokens"] == 3
+    revoked_records = audit.tail(provider.engine, limit=10, event="token.revoked")
+    assert {r["jti"] for r in revoked_records} == {_jti(t) for t in tokens}
+    assert {r["data"]["reason"] for r in revoked_records} == {f"client {action}d" if action == "disable" else "client removed"}
 
 
 def test_a_reenabled_client_gets_new_tokens_but_old_ones_stay_revoked(provider: Provider, http: Any) -> None:
