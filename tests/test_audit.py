@@ -94,7 +94,8 @@ def test_every_security_event_has_an_audit_record_and_a_json_log_line(provider: 
     records = rows(provider)[before:]
     events = [r["event"] for r in records]
     assert events == ["client.registered", "token.issued", "token.issued", "token.issued", "token.revoked",
-                      "token.revoked", "key.created", "key.retired", "client.disabled"]
+                      "token.revoked", "key.created", "key.retired",
+                      "token.revoked", "client.disabled"]  # disabling revokes the third, still-valid token
     reg = records[0]
     assert reg["client_id"] == client.client_id
     assert reg["data"]["name"] == "auditee"
@@ -126,7 +127,7 @@ def test_every_security_event_has_an_audit_record_and_a_json_log_line(provider: 
     # Revoking again is idempotent: no second record.
     provider.revocations.revoke(claims_of(tokens[1])["jti"], client_id=client.client_id,
                                 expires_at=claims_of(tokens[1])["exp"], actor="cli")
-    assert len(rows(provider, "event = 'token.revoked'")) == 2
+    assert len(rows(provider, "event = 'token.revoked'")) == 3  # two revoked, one by disabling the client
 
 
 def test_retention_pruning_deletes_only_records_older_than_audit_retention_days(settings: Settings) -> None:
@@ -189,12 +190,18 @@ def test_audit_tail_cli_lines_json_event_filter_and_follow(settings: Settings, p
         first = json.loads(lines.get(timeout=30))
         assert first["jti"] == jtis[-1]
         new_jti = claims_of(token_for(http, client.client_id, secret))["jti"]
-        provider.clients.set_enabled(client.client_id, False)  # filtered out by --event
+        provider.clients.set_enabled(client.client_id, False)  # client.* filtered out; its token.revoked shown
         provider.clients.set_enabled(client.client_id, True)
         nxt = json.loads(lines.get(timeout=30))
         assert nxt["event"] == "token.issued" and nxt["jti"] == new_jti and nxt["client_id"] == client.client_id
-        with pytest.raises(queue.Empty):
-            lines.get(timeout=0.6)
+        revoked = []
+        while True:
+            try:
+                revoked.append(json.loads(lines.get(timeout=2)))
+            except queue.Empty:
+                break
+        assert revoked and {r["event"] for r in revoked} == {"token.revoked"}
+        assert new_jti in {r["jti"] for r in revoked}
         assert proc.poll() is None  # still following
     finally:
         proc.terminate()
