@@ -102,6 +102,12 @@ class ProtectionConfig:
     #: Include ``tools/call`` arguments (and prompt arguments) in audit events. Off by default:
     #: arguments may carry personal data or secrets.
     log_tool_arguments: bool = False
+    #: How a capability denial of one request inside a handshake-generation session is answered:
+    #: ``"http"`` (default) — HTTP 403 ``insufficient_scope`` with the JSON-RPC error in the body,
+    #: so OAuth-aware clients can step up; ``"jsonrpc"`` — HTTP 200 carrying only the JSON-RPC
+    #: error, for clients that end the whole session on any HTTP error status (the mcp 1.x
+    #: Python client). Outside a session, and for batches, a denial is always a 403.
+    in_session_denials: str = "http"
     #: Paths outside the MCP endpoint served without a token (e.g. ``("/healthz",)``). Every
     #: other path of the wrapped app needs a valid token (capabilities are MCP-only).
     public_paths: Sequence[str] = ()
@@ -125,6 +131,8 @@ class ProtectionConfig:
         if self.issuer.endswith("/"):
             raise ValueError("issuer must not end with '/' (it is compared byte for byte)")
         _check_url("resource", self.resource, allow_http=self.allow_insecure_http)
+        if self.in_session_denials not in ("http", "jsonrpc"):
+            raise ValueError('in_session_denials must be "http" or "jsonrpc"')
         if not isinstance(self.mcp_path, str) or not self.mcp_path.startswith("/"):
             raise ValueError("mcp_path must start with '/'")
         if self.scopes_supported is not None:

@@ -261,7 +261,7 @@ class CBSTMiddleware:
             token = await self._authenticate(found, requirements)
             if sid is not None:
                 self._check_session(sid, token)
-            list_ids = self._authorize(token, messages, requirements)
+            list_ids = self._authorize(token, messages, requirements, in_session=sid is not None)
             self._rate_limit(token, messages)
         except _Refusal as refusal:
             await self._refuse(send, refusal)
@@ -377,7 +377,7 @@ class CBSTMiddleware:
     # --- capabilities and rate limits -----------------------------------------------------------
 
     def _authorize(self, token: AccessToken, messages: list[rpc.Message],
-                   requirements: list[rpc.Requirement]) -> dict[str, str]:
+                   requirements: list[rpc.Requirement], *, in_session: bool = False) -> dict[str, str]:
         list_ids: dict[str, str] = {}
         denied: list[rpc.Message] = []
         for msg, req in zip(messages, requirements, strict=True):
@@ -390,6 +390,9 @@ class CBSTMiddleware:
             first = denied[0]
             what = first.method if first.target is None else f"{first.method} {first.target!r}"
             text = f"the token does not allow {what}"[:300]
+            if in_session and len(messages) == 1 and self.config.in_session_denials == "jsonrpc":
+                # An error for this one request; the session and its other requests carry on.
+                raise _Refusal(200, "insufficient_scope", text, code=rpc.FORBIDDEN, request_id=first.id)
             raise _Refusal(403, "insufficient_scope", text, code=rpc.FORBIDDEN,
                            request_id=None if len(messages) > 1 else first.id,
                            headers={"www-authenticate": bearer_challenge(
