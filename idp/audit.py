@@ -103,9 +103,11 @@ class GroupCommitter:
     """
 
     def __init__(self, engine: Engine) -> None:
+        self._engine = engine
         self._insert = Prepared(engine, insert(_table), column_keys=["ts", "event", "actor", "client_id", "jti", "data"])
         self._lock_path = _writer_lock_path(engine)
         self._lock_fd: int | None = None
+        self._conn: Any = None  # one DB-API connection of its own: one batch is in flight at a time
         self._pending: list[tuple[dict[str, Any], asyncio.Future[None]]] = []
         self._flushing = False
 
@@ -115,43 +117,59 @@ class GroupCommitter:
         self._pending.append((rec.row(), done))
         if not self._flushing:
             self._flushing = True
-            loop.create_task(self._flush_all())
+            # After the callbacks already queued for this loop turn, so their records join.
+            loop.call_soon(self._flush_next, loop)
         await done
 
-    async def _flush_all(self) -> None:
-        try:
-            await asyncio.sleep(0)  # let the requests of this loop turn join the first batch
-            while self._pending:
-                batch, self._pending = self._pending, []
-                rows = [row for row, _ in batch]
-                try:
-                    if len(rows) == 1:
-                        self._write(rows)
-                    else:
-                        await asyncio.to_thread(self._write, rows)
-                except Exception as exc:  # noqa: BLE001 - every waiter of the batch learns it failed
-                    for _, done in batch:
-                        if not done.done():
-                            done.set_exception(exc)
-                    continue
-                for _, done in batch:
-                    if not done.done():  # a waiter may have been cancelled (client went away)
-                        done.set_result(None)
-                _emit(rows)
-        finally:
+    def _flush_next(self, loop: asyncio.AbstractEventLoop) -> None:
+        if not self._pending:
             self._flushing = False
+            return
+        batch, self._pending = self._pending, []
+        if len(batch) == 1:
+            try:
+                self._write([batch[0][0]])
+            except Exception as exc:  # noqa: BLE001
+                self._settle(batch, exc)
+            else:
+                self._settle(batch, None)
+            loop.call_soon(self._flush_next, loop)
+            return
+        task = loop.run_in_executor(None, self._write, [row for row, _ in batch])
+        task.add_done_callback(lambda f: (self._settle(batch, f.exception()), self._flush_next(loop)))
+
+    def _settle(self, batch: list[tuple[dict[str, Any], asyncio.Future[None]]], exc: BaseException | None) -> None:
+        for _, done in batch:
+            if done.done():  # the waiter was cancelled (client went away); its record stands
+                continue
+            if exc is None:
+                done.set_result(None)
+            else:
+                done.set_exception(exc)
+        if exc is None:
+            _emit([row for row, _ in batch])
 
     def _write(self, rows: list[dict[str, Any]]) -> None:
-        if self._lock_path is None:
-            self._insert.execute_many(rows)
-            return
-        if self._lock_fd is None:
-            self._lock_fd = os.open(self._lock_path, os.O_RDWR | os.O_CREAT, 0o600)
-        fcntl.flock(self._lock_fd, fcntl.LOCK_EX)
+        if self._conn is None:
+            self._conn = self._engine.raw_connection()
         try:
-            self._insert.execute_many(rows)
-        finally:
-            fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
+            if self._lock_path is None:
+                self._insert.execute_many(rows, self._conn)
+                return
+            if self._lock_fd is None:
+                self._lock_fd = os.open(self._lock_path, os.O_RDWR | os.O_CREAT, 0o600)
+            fcntl.flock(self._lock_fd, fcntl.LOCK_EX)
+            try:
+                self._insert.execute_many(rows, self._conn)
+            finally:
+                fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
+        except Exception:
+            conn, self._conn = self._conn, None  # a broken connection is replaced on the next batch
+            try:
+                conn.invalidate()
+            except Exception:  # noqa: BLE001
+                pass
+            raise
 
 
 def _writer_lock_path(engine: Engine) -> str | None:

@@ -120,6 +120,17 @@ def validate_jwks(jwks: Any) -> dict[str, Any]:
     return jwks
 
 
+_COLUMNS = tuple(c.name for c in _clients.columns)
+
+
+@lru_cache(maxsize=4096)
+def _record_of_row(row: tuple[Any, ...]) -> ClientRecord:
+    """The record of a ``clients`` row, cached by the row's full contents: an updated client is a
+    different row (new key), so nothing stale is ever returned, and the JSON columns are parsed
+    once per version of a client instead of once per token request."""
+    return ClientRegistry._record(SimpleNamespace(**dict(zip(_COLUMNS, row))))
+
+
 class ClientRegistry:
     """Storage of clients behind a narrow interface (one code path for SQLite and PostgreSQL)."""
 
@@ -208,8 +219,8 @@ class ClientRegistry:
         # an assertion's iss names no client and must not become a database error: ids are printable.
         if not isinstance(client_id, str) or not client_id or len(client_id) > 64 or not client_id.isprintable():
             return None
-        row = self._by_id.first(client_id=client_id)
-        return self._record(SimpleNamespace(**row)) if row else None
+        row = self._by_id.first_tuple(client_id=client_id)
+        return _record_of_row(row) if row is not None else None
 
     def find(self, id_or_name: str) -> ClientRecord | None:
         with self._engine.connect() as conn:

@@ -13,6 +13,7 @@ path and parameters are always bound, never formatted into the SQL.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from operator import itemgetter
 from typing import Any
 
 from sqlalchemy import Engine
@@ -25,34 +26,41 @@ class Prepared:
         self._engine = engine
         self.sql = str(compiled)
         keys = tuple(compiled.positiontup or ()) if compiled.positional else None
-        self._getter = (lambda v: tuple(v[k] for k in keys)) if keys is not None else dict
+        if keys is None:
+            self._getter: Any = dict
+        elif len(keys) == 1:
+            only = keys[0]
+            self._getter = lambda v: (v[only],)
+        else:
+            self._getter = itemgetter(*keys)  # C-level: a tuple of the values in SQL order
 
     def _params(self, values: Mapping[str, Any]) -> Any:
         return self._getter(values)
 
-    def first(self, **values: Any) -> dict[str, Any] | None:
-        """The first row as a dict, or None."""
+    def first_tuple(self, **values: Any) -> tuple[Any, ...] | None:
+        """The first row as a tuple in the statement's column order, or None."""
         raw = self._engine.raw_connection()
         try:
             cur = raw.cursor()
             try:
                 cur.execute(self.sql, self._params(values))
                 row = cur.fetchone()
-                if row is None:
-                    return None
-                return dict(zip([d[0] for d in cur.description], row))
+                return tuple(row) if row is not None else None
             finally:
                 cur.close()
         finally:
             raw.close()  # back to the pool, which rolls back the implicit read transaction
 
-    def execute_many(self, rows: Sequence[Mapping[str, Any]]) -> None:
-        """Execute once per row in ONE transaction, committed before returning."""
-        raw = self._engine.raw_connection()
+    def execute_many(self, rows: Sequence[Mapping[str, Any]], raw: Any = None) -> None:
+        """Execute once per row in ONE transaction, committed before returning — on ``raw`` (a
+        DB-API connection the caller keeps) or on one from the pool."""
+        own = raw is None
+        if own:
+            raw = self._engine.raw_connection()
         try:
             cur = raw.cursor()
             try:
-                cur.executemany(self.sql, [self._params(r) for r in rows])
+                cur.executemany(self.sql, [self._getter(r) for r in rows])
             finally:
                 cur.close()
             raw.commit()
@@ -60,4 +68,5 @@ class Prepared:
             raw.rollback()
             raise
         finally:
-            raw.close()
+            if own:
+                raw.close()
