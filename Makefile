@@ -61,8 +61,16 @@ interop-deps: $(MCP1_STAMP) $(NPM_STAMPS)
 test: install-dev system-deps interop-deps
 	$(BIN)/python -m pytest -q
 
-bench: install-dev
+BENCH_STAMP := $(VENV)/.installed-bench-$(shell sha1sum pyproject.toml | cut -c1-12)
+$(BENCH_STAMP): | $(BIN)/python
+	$(BIN)/pip install -q -e '.[bench]'
+	touch $@
+
+## make bench: token endpoint vs node-oidc-provider, JWS cost vs raw primitives, SDK verification, middleware overhead
+bench: $(BENCH_STAMP)
 	$(BIN)/python bench/run.py
+	$(BIN)/python bench/sdk_verify.py
+	$(BIN)/python bench/mcp_overhead.py
 
 clean:
 	rm -rf $(VENV) $(MCP1_VENV) .pytest_cache .hypothesis $(foreach d,$(NPM_DIRS),$(d)/node_modules)
