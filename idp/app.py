@@ -23,7 +23,7 @@ from starlette.middleware.cors import CORSMiddleware
 from . import __version__, clock, logs
 from .config import Settings
 from .oauth2 import introspection, metadata, revocation, token_endpoint
-from .oauth2.errors import InvalidRequest, OAuthError, OAuthResponse, ServerBusy
+from .oauth2.errors import InvalidRequest, OAuthError, ServerBusy
 from .oauth2.forms import parse_form
 from .provider import Provider
 
@@ -36,10 +36,6 @@ REVOCATION_LIST_MAX_AGE = 10
 
 def _json(status: int, body: Any, headers: dict[str, str] | None = None) -> Response:
     return Response(json.dumps(body, separators=(",", ":")).encode(), status, headers, media_type="application/json")
-
-
-def _oauth(resp: OAuthResponse) -> Response:
-    return Response(resp.encode(), resp.status, resp.headers, media_type="application/json")
 
 
 #: Fields that must appear at most once (RFC 9110 §5.3): with two Authorization headers a proxy

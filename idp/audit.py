@@ -82,11 +82,6 @@ def transaction(engine: Engine) -> Iterator[Transaction]:
     _emit(tx._rows)
 
 
-def record(engine: Engine, *records: Record) -> None:
-    with transaction(engine) as tx:
-        tx.record(*records)
-
-
 class GroupCommitter:
     """Group commit of issuance records: one transaction (one fsync) per batch, one batch in flight.
 
@@ -228,8 +223,3 @@ def prune(engine: Engine, retention_days: int) -> int:
     cutoff = clock.now() - retention_days * 86400
     with engine.begin() as conn:
         return conn.execute(delete(_table).where(_table.c.ts < cutoff)).rowcount or 0
-
-
-def iter_json(rows: Sequence[dict[str, Any]]) -> Iterator[str]:
-    for row in rows:
-        yield json.dumps(row, separators=(",", ":"), default=str)

@@ -15,6 +15,7 @@ automatically at ``superseded_at + access_token_ttl + clock_skew + key_refresh_i
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import threading
@@ -71,7 +72,7 @@ class KeyRing:
         self._private: dict[str, PrivateKey] = {}
         self._public: dict[str, PublicKey] = {}
         self._loaded_at = float("-inf")
-        self._jwks_cache: tuple[int, str, bytes] | None = None
+        self._jwks_cache: tuple[bytes, str] | None = None
 
     # --- reading ------------------------------------------------------------------------------
 
@@ -115,17 +116,13 @@ class KeyRing:
         self.refresh()
         return self._public
 
-    def jwks(self, now: int | None = None) -> tuple[bytes, str]:
+    def jwks(self) -> tuple[bytes, str]:
         """The JWKS document (bytes) and its ETag; cached until the key set changes."""
         self.refresh()
-        cache = self._jwks_cache
-        if cache is None:
+        if self._jwks_cache is None:
             body = json.dumps({"keys": [i.public_jwk for i in self._infos]}, separators=(",", ":")).encode()
-            import hashlib
-
-            cache = (0, '"' + hashlib.sha256(body).hexdigest()[:32] + '"', body)
-            self._jwks_cache = cache
-        return cache[2], cache[1]
+            self._jwks_cache = (body, '"' + hashlib.sha256(body).hexdigest()[:32] + '"')
+        return self._jwks_cache
 
     def list(self) -> list[KeyInfo]:
         with self._engine.connect() as conn:
