@@ -20,8 +20,8 @@ import httpx
 import pytest
 from mcp.shared.exceptions import MCPError
 
-from .conftest import BIN, IdP, filesystem_command, free_port, mcp_client, stdio_test_command
-from .upstream_servers import RELEASE
+from gateway_support import BIN, IdP, filesystem_command, free_port, mcp_client, stdio_test_command
+from upstream_servers import RELEASE
 
 MODES = ["legacy", "auto"]
 pytestmark = pytest.mark.slow  # real cbst-gateway and idp processes
@@ -278,7 +278,7 @@ def test_gateway_serves_resource_metadata_and_rate_limits(idp: IdP, gateway_proc
 
 
 def test_every_option_is_documented() -> None:
-    from sdk.gateway.cli import build_parser
+    from gateway.cli import build_parser
 
     doc = (Path(__file__).resolve().parents[2] / "docs" / "gateway.md").read_text()
     options = [o for action in build_parser()._actions for o in action.option_strings if o.startswith("--")]

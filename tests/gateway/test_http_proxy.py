@@ -19,10 +19,10 @@ from mcp import Client
 from mcp.shared.exceptions import MCPError
 
 from conftest import free_port
-from sdk.gateway import HTTPUpstreamProxy
+from gateway import HTTPUpstreamProxy
 
-from .conftest import ThreadedServer
-from .upstream_servers import RELEASE
+from gateway_support import ThreadedServer
+from upstream_servers import RELEASE
 
 INIT = {"jsonrpc": "2.0", "id": 1, "method": "initialize",
         "params": {"protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "raw", "version": "0"}}}
@@ -54,7 +54,7 @@ def test_official_client_works_through_the_proxy(proxy: str, mode: str) -> None:
 
 @pytest.mark.parametrize("mode", ["legacy", "auto"])
 def test_a_stateless_json_upstream_works_through_the_proxy(mode: str) -> None:
-    from .upstream_servers import build_http_server
+    from upstream_servers import build_http_server
 
     upstream = build_http_server().streamable_http_app(stateless_http=True, json_response=True)
     with ThreadedServer(upstream, lifespan="on") as up, \

@@ -19,10 +19,10 @@ import pytest
 from mcp import Client
 from mcp.shared.exceptions import MCPError
 
-from sdk.gateway import StdioBridge, StdioStartError
+from gateway import StdioBridge, StdioStartError
 
-from .conftest import ThreadedServer, filesystem_command, stdio_test_command
-from .test_http_proxy import ACCEPT, INIT
+from gateway_support import ThreadedServer, filesystem_command, stdio_test_command
+from test_http_proxy import ACCEPT, INIT
 
 
 @pytest.fixture

@@ -16,9 +16,9 @@ from typing import Any
 import httpx
 import pytest
 
-from sdk.gateway import StdioBridge
+from gateway import StdioBridge
 
-from .conftest import HERE, ThreadedServer
+from gateway_support import HERE, ThreadedServer
 
 HEADERS = {"accept": "application/json, text/event-stream", "content-type": "application/json"}
 

@@ -30,7 +30,7 @@ from sdk.server import AuditEvent, CBSTMiddleware, ProtectionConfig
 # The suite's root conftest, loaded by path under its own name: ``from conftest import ...`` is
 # ambiguous once subdirectories have conftest files of their own.
 _root_spec = importlib.util.spec_from_file_location(
-    "cbst_root_conftest", Path(__file__).resolve().parent.parent / "conftest.py")
+    "cbst_root_conftest", Path(__file__).resolve().parent.parent.parent / "conftest.py")
 assert _root_spec and _root_spec.loader
 root_conftest = importlib.util.module_from_spec(_root_spec)
 _root_spec.loader.exec_module(root_conftest)

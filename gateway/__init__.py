@@ -1,6 +1,6 @@
 """CBST gateway: capability enforcement in front of an MCP server you did not write.
 
-``cbst-gateway`` (``sdk.gateway.cli``) wraps one of two ASGI apps in the SDK's
+``cbst-gateway`` (``gateway.cli``) wraps one of two ASGI apps in the SDK's
 ``CBSTMiddleware``: ``HTTPUpstreamProxy`` (a streaming reverse proxy to a streamable-HTTP MCP
 server) or ``StdioBridge`` (a supervised stdio MCP server exposed over streamable HTTP).
 See docs/gateway.md.
