@@ -59,7 +59,9 @@ interop-deps: $(MCP1_STAMP) $(NPM_STAMPS)
 
 ## make test: the whole suite, on SQLite and on the local PostgreSQL
 test: install-dev system-deps interop-deps
-	$(BIN)/python -m pytest -q
+	$(BIN)/ruff check idp sdk gateway
+	$(BIN)/mypy
+	$(BIN)/python -m pytest -q -n auto
 
 BENCH_STAMP := $(VENV)/.installed-bench-$(shell sha1sum pyproject.toml | cut -c1-12)
 $(BENCH_STAMP): | $(BIN)/python
