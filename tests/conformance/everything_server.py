@@ -1,0 +1,246 @@
+"""The upstream MCP server the conformance suite's server scenarios talk to.
+
+No published package carries the fixtures the scenarios expect (tools, resources and prompts
+named ``test_*`` / ``test://...``, each described in the scenario's own requirements text), so
+this module implements them on the official Python SDK (``mcp`` 2.x). The SDK serves both
+protocol generations on one endpoint: the ``initialize`` handshake (through 2025-11-25) and the
+stateless 2026-07-28 wire.
+
+Run as a script: ``python everything_server.py PORT`` serves ``http://127.0.0.1:PORT/mcp``.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import sys
+from typing import Any
+
+import anyio
+import mcp_types as types
+from mcp.server.mcpserver import Context, MCPServer
+from mcp.server.mcpserver.prompts.base import AssistantMessage, Message, UserMessage
+from mcp.server.mcpserver.resources import FunctionResource
+
+# A 1x1 red PNG and a 44-byte silent WAV header: the smallest valid payloads of each kind.
+PNG = ("iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mP8z8DwHwAFBQIAX8jx0gAAAABJRU5ErkJggg==")
+WAV = base64.b64encode(b"RIFF$\x00\x00\x00WAVEfmt \x10\x00\x00\x00\x01\x00\x01\x00D\xac\x00\x00\x88X\x01\x00"
+                       b"\x02\x00\x10\x00data\x00\x00\x00\x00").decode()
+
+# The schema ``json-schema-2020-12`` expects to find, keyword for keyword, in ``tools/list``.
+JSON_SCHEMA_2020_12: dict[str, Any] = {
+    "$schema": "https://json-schema.org/draft/2020-12/schema",
+    "type": "object",
+    "$defs": {"address": {"$anchor": "addressDef", "type": "object",
+                          "properties": {"street": {"type": "string"}, "city": {"type": "string"}}}},
+    "properties": {"name": {"type": "string"}, "address": {"$ref": "#/$defs/address"},
+                   "contactMethod": {"type": "string", "enum": ["phone", "email"]},
+                   "phone": {"type": "string"}, "email": {"type": "string"}},
+    "allOf": [{"anyOf": [{"required": ["phone"]}, {"required": ["email"]}]}],
+    "if": {"properties": {"contactMethod": {"const": "phone"}}, "required": ["contactMethod"]},
+    "then": {"required": ["phone"]},
+    "else": {"required": ["email"]},
+    "additionalProperties": False,
+}
+
+SEP1034_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "properties": {
+        "name": {"type": "string", "default": "John Doe"},
+        "age": {"type": "integer", "default": 30},
+        "score": {"type": "number", "default": 95.5},
+        "status": {"type": "string", "enum": ["active", "inactive", "pending"], "default": "active"},
+        "verified": {"type": "boolean", "default": True},
+    },
+}
+
+SEP1330_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "properties": {
+        "untitledSingle": {"type": "string", "enum": ["option1", "option2", "option3"]},
+        "titledSingle": {"type": "string", "oneOf": [{"const": "value1", "title": "First Option"},
+                                                     {"const": "value2", "title": "Second Option"},
+                                                     {"const": "value3", "title": "Third Option"}]},
+        "legacyEnum": {"type": "string", "enum": ["opt1", "opt2", "opt3"],
+                       "enumNames": ["Option One", "Option Two", "Option Three"]},
+        "untitledMulti": {"type": "array", "items": {"type": "string", "enum": ["option1", "option2", "option3"]}},
+        "titledMulti": {"type": "array", "items": {"anyOf": [{"const": "value1", "title": "First Choice"},
+                                                             {"const": "value2", "title": "Second Choice"},
+                                                             {"const": "value3", "title": "Third Choice"}]}},
+    },
+}
+
+
+def build_server() -> MCPServer:
+    server = MCPServer("cbst-conformance-upstream", version="1.0.0")
+    _tools(server)
+    _resources(server)
+    _prompts(server)
+    _extras(server)
+    return server
+
+
+def _tools(server: MCPServer) -> None:
+    @server.tool()
+    def test_simple_text() -> str:
+        """Returns a simple text response."""
+        return "This is a simple text response for testing."
+
+    @server.tool()
+    def test_image_content() -> list[types.ContentBlock]:
+        """Returns an image."""
+        return [types.ImageContent(type="image", data=PNG, mime_type="image/png")]
+
+    @server.tool()
+    def test_audio_content() -> list[types.ContentBlock]:
+        """Returns an audio clip."""
+        return [types.AudioContent(type="audio", data=WAV, mime_type="audio/wav")]
+
+    @server.tool()
+    def test_embedded_resource() -> list[types.ContentBlock]:
+        """Returns an embedded resource."""
+        return [types.EmbeddedResource(type="resource", resource=types.TextResourceContents(
+            uri="test://embedded-resource", mime_type="text/plain", text="This is an embedded resource content."))]
+
+    @server.tool()
+    def test_multiple_content_types() -> list[types.ContentBlock]:
+        """Returns text, an image and an embedded resource."""
+        return [
+            types.TextContent(type="text", text="Multiple content types test:"),
+            types.ImageContent(type="image", data=PNG, mime_type="image/png"),
+            types.EmbeddedResource(type="resource", resource=types.TextResourceContents(
+                uri="test://mixed-content-resource", mime_type="application/json",
+                text=json.dumps({"test": "data", "value": 123}))),
+        ]
+
+    @server.tool()
+    async def test_tool_with_logging(ctx: Context) -> str:
+        """Sends three log messages while it runs."""
+        for i, text in enumerate(("Tool execution started", "Tool processing data", "Tool execution completed")):
+            if i:
+                await anyio.sleep(0.05)
+            await ctx.info(text)
+        return "Tool with logging executed successfully"
+
+    @server.tool()
+    def test_error_handling() -> str:
+        """Always fails."""
+        raise RuntimeError("This tool intentionally returns an error for testing")
+
+    @server.tool()
+    async def test_tool_with_progress(ctx: Context) -> str:
+        """Reports progress 0, 50 and 100 of 100."""
+        for i, done in enumerate((0, 50, 100)):
+            if i:
+                await anyio.sleep(0.05)
+            await ctx.report_progress(done, 100)
+        return "Tool with progress executed successfully"
+
+    @server.tool()
+    async def test_sampling(prompt: str, ctx: Context) -> str:
+        """Asks the client's LLM."""
+        result = await ctx.session.create_message(
+            [types.SamplingMessage(role="user", content=types.TextContent(type="text", text=prompt))],
+            max_tokens=100, related_request_id=ctx.request_id)
+        content = result.content
+        text = content.text if isinstance(content, types.TextContent) else str(content)
+        return f"LLM response: {text}"
+
+    @server.tool()
+    async def test_elicitation(message: str, ctx: Context) -> str:
+        """Asks the user for a username and an email address."""
+        schema = {"type": "object", "required": ["username", "email"], "properties": {
+            "username": {"type": "string", "description": "User's response"},
+            "email": {"type": "string", "description": "User's email address"}}}
+        result = await ctx.session.elicit_form(message, schema, related_request_id=ctx.request_id)
+        return f"User response: action={result.action}, content={json.dumps(result.content)}"
+
+    @server.tool()
+    async def test_elicitation_sep1034_defaults(ctx: Context) -> str:
+        """Elicits a form whose fields all have defaults."""
+        result = await ctx.session.elicit_form("Please review and update the form fields with defaults",
+                                               SEP1034_SCHEMA, related_request_id=ctx.request_id)
+        return f"Elicitation completed: action={result.action}, content={json.dumps(result.content)}"
+
+    @server.tool()
+    async def test_elicitation_sep1330_enums(ctx: Context) -> str:
+        """Elicits a form with all five enum variants."""
+        result = await ctx.session.elicit_form("Please select options from the enum fields",
+                                               SEP1330_SCHEMA, related_request_id=ctx.request_id)
+        return f"Elicitation completed: action={result.action}, content={json.dumps(result.content)}"
+
+    @server.tool()
+    def json_schema_2020_12_tool() -> str:
+        """Tool with JSON Schema 2020-12 features"""
+        return "ok"
+
+    # The advertised schema is the scenario's, verbatim (the SDK would derive one from the signature).
+    server._tool_manager.get_tool("json_schema_2020_12_tool").parameters = JSON_SCHEMA_2020_12  # type: ignore[union-attr]
+
+
+def _resources(server: MCPServer) -> None:
+    server.add_resource(FunctionResource(
+        uri="test://static-text", name="static-text", description="A static text resource", mime_type="text/plain",
+        fn=lambda: "This is the content of the static text resource."))
+    server.add_resource(FunctionResource(
+        uri="test://static-binary", name="static-binary", description="A static binary resource (PNG)",
+        mime_type="image/png", fn=lambda: base64.b64decode(PNG)))
+    server.add_resource(FunctionResource(
+        uri="test://watched-resource", name="watched-resource", description="A resource clients may subscribe to",
+        mime_type="text/plain", fn=lambda: "watched"))
+
+    @server.resource("test://template/{id}/data", name="template-data", description="Data for an id",
+                     mime_type="application/json")
+    def template_data(id: str) -> str:
+        return json.dumps({"id": id, "templateTest": True, "data": f"Data for ID: {id}"})
+
+
+def _prompts(server: MCPServer) -> None:
+    @server.prompt()
+    def test_simple_prompt() -> str:
+        """A prompt without arguments."""
+        return "This is a simple prompt for testing."
+
+    @server.prompt()
+    def test_prompt_with_arguments(arg1: str, arg2: str) -> str:
+        """A prompt with two required arguments."""
+        return f"Prompt with arguments: arg1='{arg1}', arg2='{arg2}'"
+
+    @server.prompt()
+    def test_prompt_with_embedded_resource(resourceUri: str) -> list[Message]:
+        """A prompt embedding the resource it is given."""
+        return [UserMessage(content=types.EmbeddedResource(type="resource", resource=types.TextResourceContents(
+                    uri=resourceUri, mime_type="text/plain", text="Embedded resource content for testing."))),
+                UserMessage(content="Please process the embedded resource above.")]
+
+    @server.prompt()
+    def test_prompt_with_image() -> list[Message]:
+        """A prompt carrying an image."""
+        return [UserMessage(content=types.ImageContent(type="image", data=PNG, mime_type="image/png")),
+                UserMessage(content="Please analyze the image above.")]
+
+    _ = AssistantMessage  # (imported for symmetry with the SDK's prompt helpers)
+
+
+def _extras(server: MCPServer) -> None:
+    """Handlers registered on the low-level server: logging level, resource subscriptions, completion."""
+    lowlevel = server._lowlevel_server
+
+    async def empty(ctx: Any, params: Any) -> types.EmptyResult:
+        return types.EmptyResult()
+
+    lowlevel.add_request_handler("logging/setLevel", types.SetLevelRequestParams, empty)
+    lowlevel.add_request_handler("resources/subscribe", types.SubscribeRequestParams, empty)
+    lowlevel.add_request_handler("resources/unsubscribe", types.UnsubscribeRequestParams, empty)
+
+    async def complete(ctx: Any, params: types.CompleteRequestParams) -> types.CompleteResult:
+        values = [v for v in ("paris", "park", "party") if v.startswith(params.argument.value)]
+        return types.CompleteResult(completion=types.Completion(values=values, total=len(values), has_more=False))
+
+    lowlevel.add_request_handler("completion/complete", types.CompleteRequestParams, complete)
+
+
+if __name__ == "__main__":
+    import uvicorn
+
+    uvicorn.run(build_server().streamable_http_app(), host="127.0.0.1", port=int(sys.argv[1]), log_level="warning")
