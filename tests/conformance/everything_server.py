@@ -74,6 +74,7 @@ SEP1330_SCHEMA: dict[str, Any] = {
 def build_server() -> MCPServer:
     server = MCPServer("cbst-conformance-upstream", version="1.0.0")
     _tools(server)
+    _input_required(server)
     _resources(server)
     _prompts(server)
     _extras(server)
@@ -176,6 +177,118 @@ def _tools(server: MCPServer) -> None:
 
     # The advertised schema is the scenario's, verbatim (the SDK would derive one from the signature).
     server._tool_manager.get_tool("json_schema_2020_12_tool").parameters = JSON_SCHEMA_2020_12  # type: ignore[union-attr]
+
+
+def _ask(message: str, field: str, kind: str = "string") -> types.ElicitRequest:
+    return types.ElicitRequest(params=types.ElicitRequestFormParams(message=message, requested_schema={
+        "type": "object", "properties": {field: {"type": kind}}, "required": [field]}))
+
+
+def _sample(text: str, max_tokens: int) -> types.CreateMessageRequest:
+    return types.CreateMessageRequest(params=types.CreateMessageRequestParams(
+        messages=[types.SamplingMessage(role="user", content=types.TextContent(type="text", text=text))],
+        max_tokens=max_tokens))
+
+
+ROOTS = types.ListRootsRequest()
+
+
+def _answers(ctx: Context, *keys: str) -> dict[str, Any] | None:
+    """The client's responses to ``keys`` as plain JSON, or None unless every key was answered."""
+    given = ctx.input_responses or {}
+    if not all(k in given for k in keys):
+        return None
+    return {k: given[k].model_dump(mode="json", by_alias=True, exclude_none=True) for k in keys}
+
+
+def _text(answer: dict[str, Any]) -> str:
+    content = answer.get("content")
+    if isinstance(content, dict):
+        return str(content.get("text", content))
+    return json.dumps(content)
+
+
+def _input_required(server: MCPServer) -> None:
+    """2026-07-28 multi-round tools (SEP-2322): an ``InputRequiredResult``, then the answer on retry.
+
+    The SDK seals ``requestState`` (integrity-protected), so a tampered state is refused for us.
+    """
+
+    @server.tool()
+    def test_input_required_result_elicitation(ctx: Context) -> types.CallToolResult | types.InputRequiredResult:
+        """Asks the user's name, then greets them."""
+        answers = _answers(ctx, "user_name")
+        if answers is None or not isinstance(answers["user_name"].get("content"), dict):
+            return types.InputRequiredResult(input_requests={"user_name": _ask("What is your name?", "name")})
+        name = answers["user_name"]["content"].get("name", "")
+        return types.CallToolResult(content=[types.TextContent(type="text", text=f"Hello, {name}!")])
+
+    @server.tool()
+    def test_input_required_result_sampling(ctx: Context) -> types.CallToolResult | types.InputRequiredResult:
+        """Asks the client's LLM a question, then returns its answer."""
+        answers = _answers(ctx, "capital_question")
+        if answers is None:
+            return types.InputRequiredResult(input_requests={
+                "capital_question": _sample("What is the capital of France?", 100)})
+        text = _text(answers["capital_question"])
+        return types.CallToolResult(content=[types.TextContent(type="text", text=text)])
+
+    @server.tool()
+    def test_input_required_result_list_roots(ctx: Context) -> types.CallToolResult | types.InputRequiredResult:
+        """Asks the client's roots, then lists them."""
+        answers = _answers(ctx, "client_roots")
+        if answers is None:
+            return types.InputRequiredResult(input_requests={"client_roots": ROOTS})
+        uris = ", ".join(str(r.get("uri")) for r in answers["client_roots"].get("roots", []))
+        return types.CallToolResult(content=[types.TextContent(type="text", text=f"Roots: {uris}")])
+
+    @server.tool()
+    def test_input_required_result_request_state(ctx: Context) -> types.CallToolResult | types.InputRequiredResult:
+        """Asks for confirmation, carrying state across the round."""
+        answers = _answers(ctx, "confirm")
+        if answers is None or ctx.request_state != "confirm-round-1":
+            return types.InputRequiredResult(input_requests={"confirm": _ask("Please confirm", "ok", "boolean")},
+                                             request_state="confirm-round-1")
+        return types.CallToolResult(content=[types.TextContent(type="text", text="state-ok: confirmed")])
+
+    @server.tool()
+    def test_input_required_result_multiple_inputs(ctx: Context) -> types.CallToolResult | types.InputRequiredResult:
+        """Asks an elicitation, a sampling and the roots at once."""
+        answers = _answers(ctx, "user_name", "greeting", "client_roots")
+        if answers is None or ctx.request_state != "multiple-round-1":
+            return types.InputRequiredResult(input_requests={
+                "user_name": _ask("What is your name?", "name"), "greeting": _sample("Generate a greeting", 50),
+                "client_roots": ROOTS}, request_state="multiple-round-1")
+        return types.CallToolResult(content=[types.TextContent(type="text", text="All inputs received")])
+
+    @server.tool()
+    def test_input_required_result_multi_round(ctx: Context) -> types.CallToolResult | types.InputRequiredResult:
+        """Two rounds of questions before the answer."""
+        if ctx.request_state == "multi-round-1" and _answers(ctx, "step1") is not None:
+            return types.InputRequiredResult(input_requests={
+                "step2": _ask("Step 2: What is your favorite color?", "color")}, request_state="multi-round-2")
+        if ctx.request_state == "multi-round-2" and _answers(ctx, "step2") is not None:
+            return types.CallToolResult(content=[types.TextContent(type="text", text="Multi-round complete")])
+        return types.InputRequiredResult(input_requests={"step1": _ask("Step 1: What is your name?", "name")},
+                                         request_state="multi-round-1")
+
+    @server.tool()
+    def test_input_required_result_tampered_state(ctx: Context) -> types.CallToolResult | types.InputRequiredResult:
+        """Round-trips integrity-protected state (the SDK refuses a tampered one)."""
+        if ctx.request_state == "tamper-round-1":
+            return types.CallToolResult(content=[types.TextContent(type="text", text="state verified")])
+        return types.InputRequiredResult(input_requests={"confirm": _ask("Please confirm", "ok", "boolean")},
+                                         request_state="tamper-round-1")
+
+    @server.prompt()
+    def test_input_required_result_prompt(ctx: Context) -> list[Message] | types.InputRequiredResult:
+        """A prompt that first asks the user for context."""
+        answers = _answers(ctx, "user_context")
+        if answers is None:
+            return types.InputRequiredResult(input_requests={
+                "user_context": _ask("What context should the prompt use?", "context")})
+        content = answers["user_context"].get("content") or {}
+        return [UserMessage(content=f"Context: {content.get('context', '')}")]
 
 
 def _resources(server: MCPServer) -> None:
