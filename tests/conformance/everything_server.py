@@ -43,6 +43,17 @@ JSON_SCHEMA_2020_12: dict[str, Any] = {
     "additionalProperties": False,
 }
 
+CUSTOM_HEADERS_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "properties": {
+        "region": {"type": "string", "x-mcp-header": "Region"},
+        "priority": {"type": "integer", "x-mcp-header": "Priority"},
+        "verbose": {"type": "boolean", "x-mcp-header": "Verbose"},
+        "query": {"type": "string", "description": "not mirrored"},
+    },
+    "required": ["region", "priority", "query"],
+}
+
 SEP1034_SCHEMA: dict[str, Any] = {
     "type": "object",
     "properties": {
@@ -175,8 +186,15 @@ def _tools(server: MCPServer) -> None:
         """Tool with JSON Schema 2020-12 features"""
         return "ok"
 
-    # The advertised schema is the scenario's, verbatim (the SDK would derive one from the signature).
+    @server.tool()
+    def test_custom_headers(region: str, priority: int, query: str, verbose: bool = False) -> str:
+        """Arguments mirrored as Mcp-Param-* headers on 2026-07-28 (SEP-2243)."""
+        return f"region={region} priority={priority} verbose={verbose} query={query}"
+
+    # The advertised schemas carry what the SDK cannot derive from a signature: the scenario's
+    # JSON Schema 2020-12 keywords, and the x-mcp-header annotations.
     server._tool_manager.get_tool("json_schema_2020_12_tool").parameters = JSON_SCHEMA_2020_12  # type: ignore[union-attr]
+    server._tool_manager.get_tool("test_custom_headers").parameters = CUSTOM_HEADERS_SCHEMA  # type: ignore[union-attr]
 
 
 def _ask(message: str, field: str, kind: str = "string") -> types.ElicitRequest:
