@@ -21,6 +21,8 @@ import mcp_types as types
 from mcp.server.mcpserver import Context, MCPServer
 from mcp.server.mcpserver.prompts.base import AssistantMessage, Message, UserMessage
 from mcp.server.mcpserver.resources import FunctionResource
+from mcp.server.streamable_http import EventCallback, EventMessage, EventStore
+from mcp.shared.exceptions import MCPError
 
 # A 1x1 red PNG and a 44-byte silent WAV header: the smallest valid payloads of each kind.
 PNG = ("iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mP8z8DwHwAFBQIAX8jx0gAAAABJRU5ErkJggg==")
@@ -82,10 +84,32 @@ SEP1330_SCHEMA: dict[str, Any] = {
 }
 
 
+class MemoryEventStore(EventStore):
+    """Every SSE event kept in memory, so a client can resume a closed stream (Last-Event-ID)."""
+
+    def __init__(self) -> None:
+        self.events: list[tuple[str, str, types.JSONRPCMessage | None]] = []  # (event id, stream id, message)
+
+    async def store_event(self, stream_id: str, message: types.JSONRPCMessage | None) -> str:
+        event_id = str(len(self.events) + 1)
+        self.events.append((event_id, stream_id, message))
+        return event_id
+
+    async def replay_events_after(self, last_event_id: str, send_callback: EventCallback) -> str | None:
+        stream = next((s for e, s, _ in self.events if e == last_event_id), None)
+        if stream is None:
+            return None
+        for event_id, s, message in self.events[int(last_event_id):]:
+            if s == stream and message is not None:
+                await send_callback(EventMessage(message, event_id))
+        return stream
+
+
 def build_server() -> MCPServer:
     server = MCPServer("cbst-conformance-upstream", version="1.0.0")
     _tools(server)
     _input_required(server)
+    _diagnostics(server)
     _resources(server)
     _prompts(server)
     _extras(server)
@@ -309,6 +333,68 @@ def _input_required(server: MCPServer) -> None:
         return [UserMessage(content=f"Context: {content.get('context', '')}")]
 
 
+def _diagnostics(server: MCPServer) -> None:
+    """Hooks the scenarios use to provoke behaviour: capability errors, list changes, a closed stream."""
+
+    @server.tool()
+    def test_missing_capability(ctx: Context) -> str:
+        """Needs the client's sampling capability (2026-07-28: -32021 when it is not declared)."""
+        caps = ctx.client_capabilities
+        if caps is None or caps.sampling is None:
+            raise MCPError(types.MISSING_REQUIRED_CLIENT_CAPABILITY, "Missing required client capability: sampling",
+                           {"requiredCapabilities": {"sampling": {}}})
+        return "sampling is declared"
+
+    @server.tool()
+    def test_input_required_result_capabilities(ctx: Context) -> types.CallToolResult | types.InputRequiredResult:
+        """Asks only for the inputs the client declared it can give."""
+        if ctx.input_responses:
+            return types.CallToolResult(content=[types.TextContent(type="text", text="inputs received")])
+        caps = ctx.client_capabilities or types.ClientCapabilities()
+        wanted: dict[str, types.InputRequest] = {}
+        if caps.sampling is not None:
+            wanted["question"] = _sample("What is the capital of France?", 100)
+        if caps.elicitation is not None:
+            wanted["user_name"] = _ask("What is your name?", "name")
+        if caps.roots is not None:
+            wanted["client_roots"] = ROOTS
+        if not wanted:
+            return types.CallToolResult(content=[types.TextContent(type="text", text="no input capability")])
+        return types.InputRequiredResult(input_requests=wanted)
+
+    async def flip_tool(ctx: Context) -> str:
+        """Adds or removes a tool, then tells listeners the tool list changed."""
+        if server._tool_manager.get_tool("test_ephemeral_tool") is None:
+            server.add_tool(lambda: "ephemeral", name="test_ephemeral_tool", description="Comes and goes")
+        else:
+            server.remove_tool("test_ephemeral_tool")
+        await ctx.notify_tools_changed()
+        return "tool list changed"
+
+    async def flip_prompt(ctx: Context) -> str:
+        """Adds or removes a prompt, then tells listeners the prompt list changed."""
+        from mcp.server.mcpserver.prompts.base import Prompt
+
+        if "test_ephemeral_prompt" in {p.name for p in await server.list_prompts()}:
+            server.remove_prompt("test_ephemeral_prompt")
+        else:
+            server.add_prompt(Prompt.from_function(lambda: "ephemeral", name="test_ephemeral_prompt",
+                                                   description="Comes and goes"))
+        await ctx.notify_prompts_changed()
+        return "prompt list changed"
+
+    server.add_tool(flip_tool, name="test_trigger_tool_change", description="Changes the tool list")
+    server.add_tool(flip_prompt, name="test_trigger_prompt_change", description="Changes the prompt list")
+
+    @server.tool()
+    async def test_reconnection(ctx: Context) -> str:
+        """Closes its SSE stream mid-call; the client resumes it (Last-Event-ID) for the result."""
+        await anyio.sleep(0.05)
+        await ctx.close_sse_stream()
+        await anyio.sleep(0.3)
+        return "Reconnection test completed"
+
+
 def _resources(server: MCPServer) -> None:
     server.add_resource(FunctionResource(
         uri="test://static-text", name="static-text", description="A static text resource", mime_type="text/plain",
@@ -374,4 +460,5 @@ def _extras(server: MCPServer) -> None:
 if __name__ == "__main__":
     import uvicorn
 
-    uvicorn.run(build_server().streamable_http_app(), host="127.0.0.1", port=int(sys.argv[1]), log_level="warning")
+    app = build_server().streamable_http_app(event_store=MemoryEventStore(), retry_interval=200)
+    uvicorn.run(app, host="127.0.0.1", port=int(sys.argv[1]), log_level="warning")
