@@ -22,6 +22,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 from bearer_forwarder import BearerForwarder
 from gateway_support import GatewayProcess, IdP, ThreadedServer, free_port
@@ -39,7 +40,8 @@ RUN_TIMEOUT = 600  # seconds for one whole requirement set (each scenario has it
 CAPABILITIES = ("tools/call:** prompts/get:** resources/read:** logging/setLevel completion/complete "
                 "subscriptions/listen tasks/get tasks/result tasks/list tasks/cancel unknown/method")
 
-pytestmark = pytest.mark.slow  # real idp, cbst-gateway, upstream and Node.js processes
+# Real idp, cbst-gateway, upstream and Node.js processes; one revision, both runs, takes about a minute.
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(RUN_TIMEOUT * 2)]
 
 Results = dict[str, list[tuple[str, str]]]
 
@@ -97,8 +99,6 @@ class UpstreamProcess:
         self._fh = open(log, "wb")  # noqa: SIM115 (closed by stop())
         self.proc = subprocess.Popen([sys.executable, "-W", "ignore", str(HERE / "everything_server.py"),
                                       str(self.port)], stdout=self._fh, stderr=subprocess.STDOUT)
-        import httpx
-
         deadline = time.monotonic() + 30
         while True:
             if self.proc.poll() is not None or time.monotonic() > deadline:
@@ -205,6 +205,10 @@ def only(results: Results, scenario: str, checks: set[str]) -> list[tuple[str, s
 @pytest.mark.parametrize("revision", REVISIONS)
 def test_server_scenarios_same_through_gateway(revision: str, runs: Runs) -> None:
     direct, via_gateway = runs(revision)
+    # The gateway really guards the upstream: without the forwarder's token the suite gets nowhere.
+    bare = httpx.post(runs.gateway_url + "/mcp", json={"jsonrpc": "2.0", "id": 1, "method": "ping"}, timeout=10,
+                      headers={"Accept": "application/json, text/event-stream"})
+    assert bare.status_code == 401, bare.text
     # The suite ran for real: the upstream passes the core scenarios directly.
     for scenario in ("tools-call-simple-text", "resources-read-text", "prompts-get-simple"):
         assert direct[scenario] and all(status == "SUCCESS" for _, status in direct[scenario]), direct[scenario]
