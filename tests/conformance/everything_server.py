@@ -19,7 +19,7 @@ from typing import Any
 import anyio
 import mcp_types as types
 from mcp.server.mcpserver import Context, MCPServer
-from mcp.server.mcpserver.prompts.base import AssistantMessage, Message, UserMessage
+from mcp.server.mcpserver.prompts.base import Message, UserMessage
 from mcp.server.mcpserver.resources import FunctionResource
 from mcp.server.streamable_http import EventCallback, EventMessage, EventStore
 from mcp.shared.exceptions import MCPError
@@ -436,7 +436,6 @@ def _prompts(server: MCPServer) -> None:
         return [UserMessage(content=types.ImageContent(type="image", data=PNG, mime_type="image/png")),
                 UserMessage(content="Please analyze the image above.")]
 
-    _ = AssistantMessage  # (imported for symmetry with the SDK's prompt helpers)
 
 
 def _extras(server: MCPServer) -> None:
