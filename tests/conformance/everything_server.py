@@ -437,7 +437,6 @@ def _prompts(server: MCPServer) -> None:
                 UserMessage(content="Please analyze the image above.")]
 
 
-
 def _extras(server: MCPServer) -> None:
     """Handlers registered on the low-level server: logging level, resource subscriptions, completion."""
     lowlevel = server._lowlevel_server
