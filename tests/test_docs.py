@@ -11,10 +11,9 @@ from pathlib import Path
 
 import httpx
 import pytest
+from idp_testing import ROOT, free_port
 
 from idp.config import Settings
-
-from idp_testing import ROOT, free_port
 
 README = (ROOT / "README.md").read_text()
 
@@ -45,7 +44,7 @@ def _section(title: str) -> str:
 
 
 def _sh_blocks(section: str) -> list[str]:
-    return re.findall(r"```sh\n(.*?)```", section, flags=re.S)
+    return re.findall(r"```sh\n(.*?)```", section, flags=re.DOTALL)
 
 
 # Between step 4 and step 5 of the walkthrough another client gets a token, as happens on a live
@@ -102,7 +101,7 @@ def _filesystem_server_modules() -> Path:
         npm = shutil.which("npm")
         assert npm, "npm is needed to run the README's gateway command (Node 18+)"
         done = subprocess.run([npm, "ci", "--no-audit", "--no-fund", "--prefix", str(npm_dir)],
-                              capture_output=True, text=True, timeout=300)
+                              check=False, capture_output=True, text=True, timeout=300)
         assert done.returncode == 0, f"npm ci failed:\n{done.stdout}\n{done.stderr}"
     return modules
 
@@ -145,7 +144,7 @@ def test_readme_walkthrough_runs_as_written(tmp_path: Path) -> None:
         _wait_http(f"http://127.0.0.1:{port}/healthz", idp, log)
 
         script = "set -euo pipefail\n" + _walkthrough_script(port)
-        done = subprocess.run(["bash", "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+        done = subprocess.run(["bash", "-c", script], cwd=tmp_path, env=env, check=False, capture_output=True, text=True, timeout=120)
         assert done.returncode == 0, f"walkthrough failed:\nSTDOUT:\n{done.stdout}\nSTDERR:\n{done.stderr}"
         out = done.stdout
         assert '"valid": true' in out  # verified offline by joserfc
@@ -160,7 +159,7 @@ def test_readme_walkthrough_runs_as_written(tmp_path: Path) -> None:
         server, log = background(server_cmd, "example-server")
         _wait_http(f"http://127.0.0.1:{server_port}/.well-known/oauth-protected-resource/mcp", server, log)
         done = subprocess.run(["bash", "-c", "set -euo pipefail\n" + ports(client_cmds)], cwd=tmp_path, env=env,
-                              capture_output=True, text=True, timeout=120)
+                              check=False, capture_output=True, text=True, timeout=120)
         assert done.returncode == 0, f"example client failed:\nSTDOUT:\n{done.stdout}\nSTDERR:\n{done.stderr}"
         assert "echo" in done.stdout, done.stdout  # it listed the tools its token allows
 
@@ -182,7 +181,7 @@ def test_make_run_installs_what_the_readme_runs() -> None:
 
     from packaging.requirements import Requirement
 
-    dry = subprocess.run(["make", "-n", "-B", "run"], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    dry = subprocess.run(["make", "-n", "-B", "run"], cwd=ROOT, check=False, capture_output=True, text=True, timeout=60)
     assert dry.returncode == 0, dry.stderr
     installs = [line for line in dry.stdout.splitlines() if "pip install" in line and " -e " in line]
     assert installs, dry.stdout
@@ -215,3 +214,22 @@ def test_make_run_installs_what_the_readme_runs() -> None:
     assert installed.startswith("2.") and mcp[0].specifier.contains(installed), (mcp[0], installed)
     for too_old in ("1.10.0", "1.30.0"):
         assert not mcp[0].specifier.contains(too_old), f"{mcp[0]} admits mcp {too_old}, which the example cannot run on"
+
+
+def test_example_server_exposes_in_session_denials(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The README's advice for mcp 1.x clients (`--in-session-denials jsonrpc`) is an option of
+    examples/server.py, also as CBST_IN_SESSION_DENIALS, and reaches its ProtectionConfig."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("cbst_example_server", ROOT / "examples" / "server.py")
+    assert spec and spec.loader
+    example = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(example)
+    assert "--in-session-denials jsonrpc" in README
+    assert example.build_config(example.parse_args([])).in_session_denials == "http"
+    assert example.build_config(example.parse_args(["--in-session-denials", "jsonrpc"])).in_session_denials == "jsonrpc"
+    monkeypatch.setenv("CBST_IN_SESSION_DENIALS", "jsonrpc")
+    assert example.build_config(example.parse_args([])).in_session_denials == "jsonrpc"
+    with pytest.raises(SystemExit) as bad:
+        example.parse_args(["--in-session-denials", "silent"])
+    assert bad.value.code == 2
