@@ -21,6 +21,7 @@ import httpx
 from sdk.asgi import BodyTooLarge, Receive, Scope, Send, read_body
 
 from . import _jsonrpc as rpc
+from ._lifespan import serve_lifespan
 from .errors import GatewayConfigError
 
 log = logging.getLogger("cbst.gateway.http")
@@ -76,20 +77,13 @@ class HTTPUpstreamProxy:
             await self._client.aclose()
             self._client = None
 
-    async def _lifespan(self, receive: Receive, send: Send) -> None:
-        while True:
-            message = await receive()
-            if message["type"] == "lifespan.startup":
-                await send({"type": "lifespan.startup.complete"})
-            elif message["type"] == "lifespan.shutdown":
-                await self.aclose()
-                await send({"type": "lifespan.shutdown.complete"})
-                return
+    async def start(self) -> None:
+        """Nothing to prepare: the HTTP client is made on first use."""
 
     # -- ASGI ----------------------------------------------------------------------------
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
-            await self._lifespan(receive, send)
+            await serve_lifespan(receive, send, startup=self.start, shutdown=self.aclose)
             return
         if scope["type"] != "http":
             return

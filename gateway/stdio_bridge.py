@@ -34,6 +34,7 @@ from sdk import mcp_protocol as protocol
 from sdk.asgi import BodyTooLarge, Receive, Scope, Send, read_body
 
 from . import _jsonrpc as rpc
+from ._lifespan import serve_lifespan
 from .errors import GatewayConfigError, GatewayError, StdioStartError
 from .http_proxy import HEALTH_PATH
 from .stdio_child import StdioChild
@@ -103,25 +104,10 @@ class StdioBridge:
             await self.modern_child.aclose()
         self._started = False
 
-    async def _lifespan(self, receive: Receive, send: Send) -> None:
-        while True:
-            message = await receive()
-            if message["type"] == "lifespan.startup":
-                try:
-                    await self.start()
-                except Exception as exc:  # noqa: BLE001 — reported to the server, which exits
-                    await send({"type": "lifespan.startup.failed", "message": str(exc)})
-                    return
-                await send({"type": "lifespan.startup.complete"})
-            elif message["type"] == "lifespan.shutdown":
-                await self.aclose()
-                await send({"type": "lifespan.shutdown.complete"})
-                return
-
     # -- ASGI ----------------------------------------------------------------------------
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
-            await self._lifespan(receive, send)
+            await serve_lifespan(receive, send, startup=self.start, shutdown=self.aclose)
             return
         if scope["type"] != "http":
             return
