@@ -8,7 +8,14 @@ import sys
 import anyio
 import pytest
 
-from gateway import GatewayConfigError, GatewayError, HTTPUpstreamProxy, StdioBridge, StdioChild, StdioStartError
+from gateway import (
+    GatewayConfigError,
+    GatewayError,
+    HTTPUpstreamProxy,
+    StdioBridge,
+    StdioChild,
+    StdioStartError,
+)
 
 
 def test_every_gateway_exception_derives_from_gateway_error() -> None:
