@@ -22,7 +22,7 @@ from urllib.parse import urlsplit
 
 from sdk.net import is_loopback
 
-from .errors import StdioStartError
+from .errors import GatewayConfigError, StdioStartError
 from .http_proxy import HEALTH_PATH, HTTPUpstreamProxy
 from .stdio_bridge import StdioBridge
 
@@ -102,12 +102,17 @@ async def serve(args: argparse.Namespace) -> int:
             print(f"cbst-gateway: error: {exc}", file=sys.stderr, flush=True)
             return 2
     inner: HTTPUpstreamProxy | StdioBridge
-    if args.upstream:
-        inner = HTTPUpstreamProxy(args.upstream, path=path, timeout=args.timeout)
-    else:
-        inner = StdioBridge(args.upstream_stdio, path=path, request_timeout=args.timeout,
-                            start_timeout=args.start_timeout, max_restarts=args.max_restarts,
-                            modern=not args.stdio_handshake_only, on_fatal=fatal)
+    try:
+        if args.upstream:
+            inner = HTTPUpstreamProxy(args.upstream, path=path, timeout=args.timeout)
+        else:
+            inner = StdioBridge(args.upstream_stdio, path=path, request_timeout=args.timeout,
+                                start_timeout=args.start_timeout, max_restarts=args.max_restarts,
+                                modern=not args.stdio_handshake_only, on_fatal=fatal)
+    except GatewayConfigError as exc:
+        print(f"cbst-gateway: error: {exc}", file=sys.stderr, flush=True)
+        return 2
+    if isinstance(inner, StdioBridge):
         try:
             await inner.start()
         except StdioStartError as exc:
@@ -152,12 +157,6 @@ def main(argv: list[str] | None = None) -> None:
         parser.error("--tool-rate must be >= 0")
     logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    if not args.no_auth:
-        try:
-            import sdk.server  # noqa: F401
-        except ImportError as exc:
-            print(f"cbst-gateway: error: the CBST middleware is not available ({exc})", file=sys.stderr)
-            sys.exit(1)
     try:
         sys.exit(asyncio.run(serve(args)))
     except KeyboardInterrupt:

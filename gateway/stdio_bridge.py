@@ -9,8 +9,8 @@ clients and newline-delimited JSON-RPC to one supervised child (``StdioChild``):
 - Each POSTed request goes to the child under a gateway-unique id; its response comes back on
   that POST — as an SSE stream (progress notifications first, then the result) when the client
   accepts ``text/event-stream``, else as JSON. ``notifications/cancelled`` is translated.
-- Child notifications that belong to no request (list changes, log messages) go to every
-  session's GET stream.
+- Child notifications that belong to no request go to the sessions' GET streams: resource
+  updates to the sessions subscribed to that URI, list changes and log messages to all.
 - The 2026-07-28 generation (a POST without a session carrying ``MCP-Protocol-Version:
   2026-07-28``, or ``server/discover``): on first use the gateway starts a second process of
   the same command and asks it ``server/discover`` (a stdio connection is locked to the
@@ -63,7 +63,10 @@ class StdioBridge:
                  backoff: float = 0.25, max_sessions: int = 10_000, session_idle_timeout: float = 3600.0,
                  max_request_body: int = 4 * 1024 * 1024, modern: bool = True,
                  on_fatal: Callable[[str], None] | None = None) -> None:
-        argv = shlex.split(command) if isinstance(command, str) else list(command)
+        try:
+            argv = shlex.split(command) if isinstance(command, str) else list(command)
+        except ValueError as exc:  # e.g. an unbalanced quote
+            raise GatewayConfigError(f"cannot split the --upstream-stdio command {command!r}: {exc}") from None
         if not argv:
             raise GatewayConfigError("empty --upstream-stdio command")
         if not path.startswith("/"):

@@ -40,3 +40,17 @@ def test_the_protocol_version_of_an_uninitialised_child_is_a_gateway_error() -> 
     child = StdioChild([sys.executable, "-c", "pass"])
     with pytest.raises(GatewayError, match="not been initialised"):
         _ = child.protocol_version
+
+
+@pytest.mark.parametrize("extra", [["--upstream", "http://127.0.0.1:1/mcp", "--timeout", "0"],
+                                   ["--upstream-stdio", ""], ["--upstream-stdio", "npx 'unbalanced"],
+                                   ["--upstream-stdio", "x", "--max-restarts", "-1"],
+                                   ["--upstream-stdio", "x", "--start-timeout", "0"]])
+def test_a_bad_option_value_is_exit_status_2_not_a_traceback(extra: list[str]) -> None:
+    import subprocess
+
+    done = subprocess.run([sys.executable, "-m", "gateway.cli", "--issuer", "http://127.0.0.1:9", "--resource",
+                           "http://127.0.0.1:9/mcp", "--port", "1", *extra],
+                          check=False, capture_output=True, text=True, timeout=30)
+    assert done.returncode == 2, done.stderr
+    assert "Traceback" not in done.stderr and done.stderr.startswith("cbst-gateway: error: "), done.stderr
