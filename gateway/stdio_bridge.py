@@ -164,6 +164,14 @@ class StdioBridge:
             await rpc.send_json(send, 400, rpc.error(None, rpc.PARSE_ERROR, f"Parse error: {exc}"))
             return
         requests = [m for m in messages if rpc.is_request(m)]
+        streams_only = [m["id"] for m in requests if m["method"] in rpc.LONG_LIVED_METHODS]
+        if streams_only and "text/event-stream" not in headers.get("accept", ""):
+            # Its answer is an event stream that ends when the client leaves: as JSON it would
+            # never be complete (the official server answers 406 too).
+            await rpc.send_errors(send, 406, streams_only, rpc.INVALID_REQUEST,
+                                  "Not Acceptable: this request is answered with an event stream; "
+                                  "send Accept: text/event-stream")
+            return
 
         init = [m for m in requests if m["method"] == "initialize"]
         if init:

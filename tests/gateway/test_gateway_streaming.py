@@ -130,3 +130,21 @@ def test_stdio_mode_relays_a_listen_stream_event_by_event(idp: IdP, gateway_proc
     sent = Path(f"{go}.sent")
     assert sent.exists()
     _check(events, float(sent.read_text()))
+
+
+def test_a_listen_request_that_does_not_accept_sse_is_refused_not_left_hanging(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A listen answer *is* an event stream (the official server answers 406 without the SSE
+    accept); as JSON it would never be complete, so the POST would hang forever."""
+    from gateway import StdioBridge
+
+    monkeypatch.setenv("FAKE_MCP_GO", str(tmp_path / "go"))
+    bridge = StdioBridge([sys.executable, str(HERE / "fake_stdio_server.py")], request_timeout=10)
+    with ThreadedServer(bridge, lifespan="on") as srv:
+        headers = {"accept": "application/json", "content-type": "application/json",
+                   "mcp-protocol-version": "2026-07-28", "mcp-method": "subscriptions/listen"}
+        response = httpx.post(srv.url + "/mcp", json=LISTEN, headers=headers, timeout=10)
+    assert response.status_code == 406
+    body = response.json()
+    assert body["id"] == "listen-1" and body["error"]["code"] == -32600
+    assert "text/event-stream" in body["error"]["message"]
