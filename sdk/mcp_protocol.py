@@ -1,8 +1,10 @@
 """Wire constants of JSON-RPC 2.0 and MCP that every CBST component speaks.
 
-The error codes of JSON-RPC 2.0 (§5.1) and of MCP (``mcp_types.jsonrpc``), the two protocol
-generations (``mcp_types.version``; /work/shared/notes/mcp-protocol.md) and the keys of the
-2026-07-28 per-request envelope (``params._meta``). Constants only: no behaviour.
+The error codes of JSON-RPC 2.0 (§5.1) and of MCP (as in the official SDK's
+``mcp_types.jsonrpc``), the two protocol generations (``mcp_types.version``: the handshake one
+with ``initialize`` and sessions, and the stateless 2026-07-28 one) and the keys of the
+2026-07-28 per-request envelope (``params._meta``). Constants only: no behaviour, no imports,
+so the SDK server and ``cbst-gateway`` share one definition of each.
 """
 
 from __future__ import annotations
