@@ -23,8 +23,9 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 
+# The IdP, the SDK, cbst-gateway, and the official MCP SDK that examples/server.py is built on.
 $(STAMP): | $(BIN)/python
-	$(BIN)/pip install -q -e .
+	$(BIN)/pip install -q -e '.[mcp]'
 	touch $@
 
 $(DEV_STAMP): | $(BIN)/python

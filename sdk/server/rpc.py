@@ -30,11 +30,16 @@ __all__ = [
     "required_capability",
 ]
 
-# JSON-RPC 2.0 and MCP error codes.
-PARSE_ERROR = -32700
-INVALID_REQUEST = -32600
-INVALID_PARAMS = -32602
-HEADER_MISMATCH = -32020  # MCP 2026-07-28
+# JSON-RPC 2.0 and MCP error codes, and the protocol versions: one definition, in sdk.mcp_protocol.
+from .. import mcp_protocol as _protocol
+
+PARSE_ERROR = _protocol.PARSE_ERROR
+INVALID_REQUEST = _protocol.INVALID_REQUEST
+INVALID_PARAMS = _protocol.INVALID_PARAMS
+HEADER_MISMATCH = _protocol.HEADER_MISMATCH
+HANDSHAKE_VERSIONS = _protocol.HANDSHAKE_VERSIONS
+PROTOCOL_VERSION_META_KEY = _protocol.META_PROTOCOL_VERSION
+
 #: CBST: implementation-defined codes (-32000..-32019 band; -32000/-32001 are SDK-internal,
 #: -32002 is retired). One code per kind of refusal so clients can tell them apart.
 UNAUTHORIZED = -32005
@@ -42,8 +47,6 @@ FORBIDDEN = -32003
 RATE_LIMITED = -32004
 UNAVAILABLE = -32006
 
-HANDSHAKE_VERSIONS = frozenset({"2024-11-05", "2025-03-26", "2025-06-18", "2025-11-25"})
-PROTOCOL_VERSION_META_KEY = "io.modelcontextprotocol/protocolVersion"
 #: Methods that need only a valid token.
 OPEN_METHODS = frozenset({"initialize", "ping", "server/discover"})
 #: Body field mirrored in ``Mcp-Name`` (mcp.shared.inbound.NAME_BEARING_METHODS), and the
