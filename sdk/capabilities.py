@@ -28,17 +28,20 @@ Grammar (``<method>`` ends at the first ``:``)::
   characters, ``/`` included. There is no other wildcard and no escape: ``***`` is an error.
 * URIs are normalised before matching (RFC 3986 §6.2.2): scheme and host lower-cased,
   percent-encoding hex upper-cased, percent-encoded unreserved characters decoded, dot-segments
-  removed (RFC 3986 §5.2.4), empty and default (http/https/ws/wss) ports dropped, the fragment
-  dropped. The literal parts of a URI pattern are normalised the same way when it is parsed.
+  removed (RFC 3986 §5.2.4), empty and default (http/https/ws/wss) ports dropped. The query and
+  the fragment are kept: MCP URIs travel in the request body, so both reach the server. The
+  literal parts of a URI pattern are normalised the same way when it is parsed.
   Normalisation fails closed (:func:`normalize_uri` returns ``None`` and nothing matches) for a
-  URI containing an encoded ``/`` or ``\\`` (``%2F``, ``%5C``), an encoded or raw control
-  character, a raw ``\\``, a ``..`` segment after an empty segment (``/a//../b`` resolves
+  URI containing an encoded ``/`` or ``\\`` (``%2F``, ``%5C``), a double-encoded ``.``, ``/``
+  or ``\\`` (``%252E``...), an encoded or raw control character, a raw ``\\``, a ``.`` or
+  ``..`` piece in the query or fragment (``#/../x``, ``?p=..``: lax servers resolve them as
+  a path), a ``..`` segment after an empty segment (``/a//../b`` resolves
   differently on servers that collapse ``//``), a dot-segment with parameters (``..;``),
   dot-segments in a rootless path, or anything that does not parse as an absolute URI. Hence
   ``file:///docs/../etc/passwd`` is *not* under ``file:///docs/**``, nor is
   ``file:///docs-secret/x``.
-* A URI pattern is ``**`` (every URI) or an absolute URI with wildcards. It may not contain a
-  fragment, ``**`` in its scheme or authority (``https://**.example.com`` would match
+* A URI pattern is ``**`` (every URI) or an absolute URI with wildcards. It may not contain
+  ``**`` in its scheme or authority (``https://**.example.com`` would match
   ``https://evil.com/.example.com``; use ``https://*.example.com/**``), or a ``..`` segment
   after a wildcard.
 * Sizes are bounded: :data:`MAX_CAPABILITY_LENGTH` characters per capability,
@@ -160,6 +163,11 @@ _PCT_RE = re.compile(r"%([0-9A-Fa-f]{2})")
 _BAD_PCT_RE = re.compile(r"%(?![0-9A-Fa-f]{2})")
 # Encoded "/", "\", controls and DEL: refused (fail closed).
 _FORBIDDEN_PCT_RE = re.compile(r"%(?:[01][0-9A-Fa-f]|2[Ff]|5[Cc]|7[Ff])")
+# Double-encoded ".", "/" and "\" (%252E, %252F, %255C): a server that decodes twice sees them.
+_DOUBLE_PCT_RE = re.compile(r"%25(?:2[EeFf]|5[Cc])")
+# Delimiters that split a query or fragment into the pieces a lax server might treat as path
+# segments ("?/../x", "#../x", "?path=../x").
+_TAIL_SPLIT_RE = re.compile(r"[/?#&=;]")
 _FORBIDDEN_RAW_RE = re.compile(r"[\x00-\x1f\x7f\\]")
 _FORBIDDEN_RAW_PATTERN_RE = re.compile(r"[\x00\x03-\x1f\x7f\\]")
 # Characters a URI may not contain raw but that are unambiguous to percent-encode (space,
@@ -233,6 +241,8 @@ def _normalize(uri: str, *, pattern: bool = False) -> str:
         raise _Reject("contains a '%' not followed by two hex digits")
     if _FORBIDDEN_PCT_RE.search(uri):
         raise _Reject("contains an encoded '/', '\\' or control character (%2F, %5C, %00-%1F)")
+    if _DOUBLE_PCT_RE.search(uri):
+        raise _Reject("contains a double-encoded '.', '/' or '\\' (%252E, %252F, %255C)")
     try:
         uri = (_ENCODE_PATTERN_RE if pattern else _ENCODE_RE).sub(_encode_char, uri)
     except UnicodeError as exc:  # lone surrogates
@@ -240,7 +250,7 @@ def _normalize(uri: str, *, pattern: bool = False) -> str:
     match = _URI_RE.fullmatch(uri)
     if match is None:
         raise _Reject("is not an absolute URI (scheme:...)")
-    scheme, authority, path, query = match.group(1, 3, 4, 5)
+    scheme, authority, path, query, fragment = match.group(1, 3, 4, 5, 6)
     if not (_SCHEME_PATTERN_RE if pattern else _SCHEME_RE).fullmatch(scheme):
         raise _Reject(f"has an invalid scheme {scheme!r}")
     if pattern and (_P_DSTAR in scheme or (authority is not None and _P_DSTAR in authority)):
@@ -269,9 +279,16 @@ def _normalize(uri: str, *, pattern: bool = False) -> str:
     if authority is not None and not path and scheme in _DEFAULT_PORTS:
         path = "/"  # RFC 3986 §6.2.3: http://example.com == http://example.com/
     result.append(path)
-    if query is not None:
-        result.append(_pct_normalize(query))
-    # The fragment is dropped: it is never sent to the server.
+    # MCP resource URIs travel in the request body, so the query and the fragment reach the
+    # server too: they are kept, and refused if they hold a dot-segment a lax server could
+    # resolve as a path ("readme.md#/../../private/x").
+    for tail in (query, fragment):
+        if tail is not None:
+            tail = _pct_normalize(tail)
+            if any(piece in (".", "..") for piece in _TAIL_SPLIT_RE.split(tail[1:])):
+                raise _Reject("has a dot-segment ('.' or '..') in its query or fragment, which "
+                              "servers that resolve URIs loosely treat as a path")
+            result.append(tail)
     return "".join(result)
 
 
@@ -280,13 +297,14 @@ def normalize_uri(uri: str) -> str | None:
 
     Scheme and host are lower-cased, percent-encoding hex is upper-cased, percent-encoded
     unreserved characters are decoded, dot-segments are removed (RFC 3986 §5.2.4), empty and
-    default ports (http, https, ws, wss) are dropped, an empty http(s)/ws(s) path becomes
-    ``/``, and the fragment is dropped. Spaces, non-ASCII (as UTF-8) and the other characters
+    default ports (http, https, ws, wss) are dropped and an empty http(s)/ws(s) path becomes
+    ``/``; query and fragment are kept (both reach the server). Spaces, non-ASCII (as UTF-8) and the other characters
     RFC 3986 excludes (``"<>^`{|}``) are percent-encoded.
 
     ``None`` is returned for anything that is not an absolute URI, or that contains an encoded
-    ``/`` or ``\\``, a raw ``\\``, a raw or encoded control character, a malformed ``%``
-    escape, a ``..`` segment after an empty segment, or dot-segments in a rootless path.
+    ``/`` or ``\\`` (or a double-encoded ``.``, ``/``, ``\\``), a raw ``\\``, a raw or encoded
+    control character, a malformed ``%`` escape, a ``.``/``..`` piece in the query or fragment,
+    a ``..`` segment after an empty segment, or dot-segments in a rootless path.
     """
     if not isinstance(uri, str):
         return None
@@ -419,8 +437,6 @@ def _contains(allowed: _Tokens, requested: _Tokens, excluded: str) -> bool:
 def _canonical_uri_pattern(capability: str, pattern: str) -> str:
     if pattern == _DSTAR:
         return pattern
-    if "#" in pattern:
-        raise CapabilityError("a URI pattern cannot contain a fragment ('#')", capability)
     placeholders = _WILDCARD_RE.sub(
         lambda m: _P_DSTAR if len(m.group(0)) == 2 else _P_STAR, pattern
     )
