@@ -23,6 +23,10 @@ Grammar (``<method>`` ends at the first ``:``)::
   pattern. ``resources/read:<p>`` also allows subscribing to and unsubscribing from the URIs
   ``<p>`` matches. These methods *require* a target (``tools/call:**`` allows every tool).
 * Every other syntactically valid method is a target-less capability and refuses a target.
+  ``parse(..., strict=True)`` (used when registering clients) also refuses a method that no
+  MCP revision has (:data:`MCP_METHODS`), suggesting the closest one; the default stays
+  lenient so that verifying a token never fails on a scope minted elsewhere.
+  :func:`capability_warnings` flags commas (``tools/call:echo,tools/call:add`` is one tool).
 * In patterns ``*`` matches any run (possibly empty) of characters within one segment: never
   ``/``, and in URI patterns never ``?`` or ``#`` either. ``**`` matches any run of any
   characters, ``/`` included. There is no other wildcard and no escape: ``***`` is an error.
@@ -57,6 +61,7 @@ This module is pure standard library and never imports ``idp``.
 
 from __future__ import annotations
 
+import difflib
 import re
 import string
 from collections.abc import Callable, Iterable, Iterator
@@ -65,15 +70,19 @@ from typing import Any, TypeVar, overload
 from urllib.parse import quote
 
 __all__ = [
+    "HANDSHAKE_METHODS",
     "MAX_CAPABILITIES",
     "MAX_CAPABILITY_LENGTH",
     "MAX_SCOPE_LENGTH",
+    "MCP_METHODS",
+    "MODERN_METHODS",
     "NAME_METHODS",
     "TARGET_METHODS",
     "URI_METHODS",
     "Capability",
     "CapabilityError",
     "CapabilitySet",
+    "capability_warnings",
     "normalize_uri",
 ]
 
@@ -98,6 +107,24 @@ URI_METHODS: frozenset[str] = frozenset(
 )
 #: Methods that require a target pattern; every other method takes none.
 TARGET_METHODS: frozenset[str] = NAME_METHODS | URI_METHODS
+
+#: Client-to-server request methods of the handshake generation (2024-11-05 .. 2025-11-25) and
+#: of the 2026-07-28 generation, as the official SDK has them (``mcp_types.methods``
+#: ``CLIENT_REQUESTS``; tasks/* are not core methods there). 2026-07-28 dropped the lifecycle
+#: (``initialize``, ``ping``), ``logging/setLevel`` and the subscribe pair, and added
+#: ``server/discover`` and ``subscriptions/listen``.
+HANDSHAKE_METHODS: frozenset[str] = frozenset({
+    "completion/complete", "initialize", "logging/setLevel", "ping", "prompts/get",
+    "prompts/list", "resources/list", "resources/read", "resources/subscribe",
+    "resources/templates/list", "resources/unsubscribe", "tools/call", "tools/list",
+})
+MODERN_METHODS: frozenset[str] = frozenset({
+    "completion/complete", "prompts/get", "prompts/list", "resources/list", "resources/read",
+    "resources/templates/list", "server/discover", "subscriptions/listen", "tools/call",
+    "tools/list",
+})
+#: Every method a capability can usefully name (the strict parse refuses any other).
+MCP_METHODS: frozenset[str] = HANDSHAKE_METHODS | MODERN_METHODS
 
 # A ``resources/read`` capability also grants these methods on the same URIs.
 _READ_IMPLIES = frozenset({RESOURCES_SUBSCRIBE, RESOURCES_UNSUBSCRIBE})
@@ -471,6 +498,41 @@ def _bad_char_reason(text: str) -> str | None:
     return "contains a character OAuth scope tokens cannot carry"  # pragma: no cover
 
 
+def _unknown_method_reason(method: str) -> str:
+    close = difflib.get_close_matches(method, sorted(MCP_METHODS), n=1, cutoff=0.6)
+    if not close:  # case slips ("logging/setlevel") score low on raw text
+        folded = {m.lower(): m for m in MCP_METHODS}
+        close = [folded[m] for m in difflib.get_close_matches(method.lower(), sorted(folded), n=1)]
+    if close:
+        return f"{method!r} is not an MCP method; did you mean {close[0]!r}?"
+    return f"{method!r} is not an MCP method (one of {', '.join(sorted(MCP_METHODS))})"
+
+
+def capability_warnings(capabilities: Iterable[Capability]) -> list[str]:
+    """Warnings for capabilities that parse but are almost certainly not what was meant.
+
+    A ``,`` is legal in a name or URI pattern, so ``tools/call:echo,tools/call:add`` is one
+    capability for a tool named ``echo,tools/call:add``; scopes separate capabilities by
+    spaces. The warning suggests the space-separated spelling when every piece is valid.
+    """
+    warnings = []
+    for cap in capabilities:
+        text = str(cap)
+        if "," not in text:
+            continue
+        warning = f"{text!r} contains ','; capabilities are separated by spaces, not commas"
+        pieces = text.split(",")
+        try:
+            for piece in pieces:
+                Capability.parse(piece, strict=True)
+        except CapabilityError:
+            pass
+        else:
+            warning += f" (did you mean {' '.join(pieces)!r}?)"
+        warnings.append(warning)
+    return warnings
+
+
 def _missing_target_reason(method: str) -> str:
     if method in _EXAMPLE_TARGET:
         kind, exact, glob, every = _EXAMPLE_TARGET[method]
@@ -530,6 +592,8 @@ class Capability:
             object.__setattr__(self, "_match", None)
             return
         if method not in TARGET_METHODS:
+            if method not in MCP_METHODS:
+                raise CapabilityError(_unknown_method_reason(method), text)
             raise CapabilityError(
                 f"{method!r} takes no target; only {', '.join(sorted(TARGET_METHODS))} do "
                 f"(write just {method!r})",
@@ -561,8 +625,14 @@ class Capability:
         return _URI_STAR_EXCLUDED if self.method in URI_METHODS else _NAME_STAR_EXCLUDED
 
     @classmethod
-    def parse(cls, text: str) -> Capability:
-        """Parse one capability (a scope token). Raises :class:`CapabilityError`."""
+    def parse(cls, text: str, *, strict: bool = False) -> Capability:
+        """Parse one capability (a scope token). Raises :class:`CapabilityError`.
+
+        ``strict`` also refuses a method no MCP protocol revision has (:data:`MCP_METHODS`),
+        with a "did you mean": for registering clients, where a typo (``tools/cal``) would
+        otherwise be stored as a capability that allows nothing. Verifying a token stays
+        lenient, so a scope minted elsewhere never makes verification fail.
+        """
         if not isinstance(text, str):
             raise CapabilityError("a capability must be a string", repr(text))
         if not text:
@@ -572,6 +642,8 @@ class Capability:
                 f"too long ({len(text)} > {MAX_CAPABILITY_LENGTH} characters)", text
             )
         method, colon, pattern = text.partition(":")
+        if strict and method not in MCP_METHODS and _METHOD_RE.fullmatch(method):
+            raise CapabilityError(_unknown_method_reason(method), text)
         return cls(method, pattern if colon else None)
 
     def __str__(self) -> str:
@@ -668,17 +740,18 @@ class CapabilitySet:
         raise AttributeError("CapabilitySet is immutable")
 
     @classmethod
-    def parse(cls, scope: str) -> CapabilitySet:
+    def parse(cls, scope: str, *, strict: bool = False) -> CapabilitySet:
         """Parse an OAuth scope string (capabilities separated by spaces).
 
         Runs of spaces and leading/trailing spaces are tolerated; ``""`` is the empty set.
-        Raises :class:`CapabilityError` on any malformed capability or an oversize scope.
+        Raises :class:`CapabilityError` on any malformed capability or an oversize scope, and
+        with ``strict`` on a method MCP does not have (see :meth:`Capability.parse`).
         """
         if not isinstance(scope, str):
             raise CapabilityError("a scope must be a string")
         if len(scope) > MAX_SCOPE_LENGTH:
             raise CapabilityError(f"scope too long ({len(scope)} > {MAX_SCOPE_LENGTH} characters)")
-        return cls(token for token in scope.split(" ") if token)
+        return cls(Capability.parse(token, strict=strict) for token in scope.split(" ") if token)
 
     @classmethod
     def from_iterable(cls, capabilities: Iterable[Capability | str]) -> CapabilitySet:
