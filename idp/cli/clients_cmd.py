@@ -10,11 +10,24 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
+from sdk.capabilities import CapabilityError, CapabilitySet, capability_warnings
+
 from ..clients import AUTH_METHODS, ClientError, ClientRecord
-from .common import JsonOpt, emit_json, fail, out, provider, when
+from .common import JsonOpt, emit_json, err, fail, out, provider, when
 
 app = typer.Typer(help="Register and manage clients.", no_args_is_help=True)
 Ref = Annotated[str, typer.Argument(help="client_id or name")]
+
+
+def check_capabilities(capabilities: str, as_json: bool) -> None:
+    """Refuse methods MCP does not have (a typo would be stored as a capability that allows
+    nothing) with a "did you mean"; warn on commas, which do not separate capabilities."""
+    try:
+        caps = CapabilitySet.parse(capabilities, strict=True)
+    except CapabilityError as exc:
+        fail(str(exc), as_json=as_json)
+    for warning in capability_warnings(caps):
+        err.print(f"[yellow]warning:[/] {escape(warning)}")
 
 
 def _show(client: ClientRecord, secret: str | None = None) -> None:
@@ -44,6 +57,7 @@ def add(
             jwks_doc = json.loads(jwks.read_text())
         except (OSError, ValueError) as exc:
             fail(f"cannot read JWKS {jwks}: {exc}", as_json=as_json)
+    check_capabilities(capabilities, as_json)
     with provider(as_json) as prov:
         try:
             client, secret = prov.clients.add(name, capabilities=capabilities, audiences=audience or [],
