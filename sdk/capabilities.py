@@ -84,6 +84,7 @@ __all__ = [
     "CapabilitySet",
     "capability_warnings",
     "normalize_uri",
+    "uri_template_pattern",
 ]
 
 #: Longest capability accepted, in characters (after canonicalisation).
@@ -338,6 +339,59 @@ def normalize_uri(uri: str) -> str | None:
     try:
         return _normalize(uri)
     except _Reject:
+        return None
+
+
+# --------------------------------------------------------------------------------------------
+# URI templates (RFC 6570), for completion/complete on a resource template
+# --------------------------------------------------------------------------------------------
+
+_EXPRESSION_RE = re.compile(r"\{([^{}]*)\}")
+_VARSPEC_RE = re.compile(r"[A-Za-z0-9_%][A-Za-z0-9_.%]*(?::[1-9][0-9]{0,3}|\*)?")
+# Operators whose expansion stays within one segment: simple ("{x}") and label ("{.x}")
+# expansion percent-encode every reserved character, "/", "?" and "#" included.
+_SEGMENT_OPERATORS = ("", ".")
+_ANY_OPERATORS = "+#/;?&"
+
+
+def uri_template_pattern(template: str) -> str | None:
+    """A URI pattern matching every URI the RFC 6570 ``template`` can expand to, or ``None``.
+
+    ``{x}`` and ``{.x}`` become ``*`` (their values cannot contain ``/``, ``?`` or ``#``);
+    ``{+x}``, ``{#x}``, ``{/x}``, ``{;x}``, ``{?x}`` and ``{&x}`` become ``**``. The result is
+    canonical (``file:///docs/{name}`` -> ``file:///docs/*``). ``None`` when no capability can
+    express it: a malformed template, a literal ``*``, ``**`` in the host, a ``..`` after an
+    expression, or anything else a URI pattern refuses.
+    """
+    if not isinstance(template, str):
+        return None
+    out: list[str] = []
+    pos = 0
+    for match in _EXPRESSION_RE.finditer(template):
+        literal = template[pos : match.start()]
+        if "{" in literal or "}" in literal or _STAR in literal:
+            return None
+        if literal:
+            out.append(literal)
+        body = match.group(1)
+        operator = body[:1] if body[:1] in _ANY_OPERATORS or body[:1] == "." else ""
+        specs = body[len(operator) :].split(",")
+        if not all(_VARSPEC_RE.fullmatch(spec) for spec in specs):
+            return None
+        wildcard = _STAR if operator in _SEGMENT_OPERATORS else _DSTAR
+        # Adjacent expressions: "*" "*" is still one segment; anything with "**" is "**".
+        if out and out[-1] in (_STAR, _DSTAR) and not literal:
+            out[-1] = _DSTAR if _DSTAR in (out[-1], wildcard) else _STAR
+        else:
+            out.append(wildcard)
+        pos = match.end()
+    tail = template[pos:]
+    if "{" in tail or "}" in tail or _STAR in tail:
+        return None
+    out.append(tail)
+    try:
+        return Capability(RESOURCES_READ, "".join(out)).pattern
+    except CapabilityError:
         return None
 
 
@@ -809,6 +863,21 @@ class CapabilitySet:
         if family is not None and any(method in self._index for method in family):
             return True
         return self.allows(list_method)
+
+    def allows_template(self, template: str) -> bool:
+        """Whether every URI the resource template (RFC 6570) can expand to is readable:
+        some ``resources/read`` capability covers :func:`uri_template_pattern` of it.
+
+        For ``completion/complete`` on a ``ref/resource``, whose completions reveal values of
+        the template's variables. A template no pattern can express is allowed only by
+        ``resources/read:**``.
+        """
+        caps = [c for c in self._index.get(RESOURCES_READ, ()) if c.method == RESOURCES_READ]
+        pattern = uri_template_pattern(template)
+        if pattern is None:
+            return any(cap.pattern == _DSTAR for cap in caps)
+        wanted = Capability(RESOURCES_READ, pattern)
+        return any(cap.covers(wanted) for cap in caps)
 
     @overload
     def filter(self, method: str, targets: Iterable[str]) -> list[str]: ...
