@@ -157,7 +157,7 @@ class PublicKey:
                     raise BadSignature("signature verification failed")
                 r = int.from_bytes(signature[:32], "big")
                 s = int.from_bytes(signature[32:], "big")
-                self.key.verify(encode_dss_signature(r, s), signing_input, _ECDSA_SHA256)  # type: ignore[call-arg,union-attr]
+                self.key.verify(encode_dss_signature(r, s), signing_input, _ECDSA_SHA256)  # type: ignore[call-arg]
             else:
                 if len(signature) != _ED25519_SIG_LEN:
                     raise BadSignature("signature verification failed")
@@ -228,7 +228,7 @@ class PrivateKey:
             b64url_encode(_json_dumps(header)) + "." + b64url_encode(_json_dumps(claims))
         ).encode("ascii")
         if self.alg == "ES256":
-            r, s = decode_dss_signature(self.key.sign(signing_input, _ECDSA_SHA256))  # type: ignore[call-arg,union-attr]
+            r, s = decode_dss_signature(self.key.sign(signing_input, _ECDSA_SHA256))  # type: ignore[call-arg]
             signature = r.to_bytes(32, "big") + s.to_bytes(32, "big")
         else:
             signature = self.key.sign(signing_input)  # type: ignore[call-arg]
@@ -290,8 +290,8 @@ def _typ_matches(value: Any, expected: str) -> bool:
     # RFC 9068 §4: "at+jwt", and the media type form "application/at+jwt", case-insensitively.
     if not isinstance(value, str):
         return False
-    value = value.lower()
-    return value == expected or value == "application/" + expected
+    lowered: str = value.lower()
+    return lowered == expected or lowered == "application/" + expected
 
 
 #: Header segments that passed ``check_header``, with their kid (only successes are kept).

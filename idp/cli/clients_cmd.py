@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 from rich.markup import escape
@@ -45,9 +45,9 @@ def _show(client: ClientRecord, secret: str | None = None) -> None:
 def add(
     name: Annotated[str, typer.Argument(help="Unique client name.")],
     capabilities: Annotated[str, typer.Option("--capabilities", help='Space-separated, e.g. "tools/call:* resources/read:file:///docs/**".')],
-    audience: Annotated[Optional[list[str]], typer.Option("--audience", help="Resource URI the client may get tokens for (repeatable).")] = None,
+    audience: Annotated[list[str] | None, typer.Option("--audience", help="Resource URI the client may get tokens for (repeatable).")] = None,
     auth: Annotated[str, typer.Option("--auth", help=f"Authentication method: {', '.join(AUTH_METHODS)}.")] = "client_secret_basic",
-    jwks: Annotated[Optional[Path], typer.Option("--jwks", help="JWKS file with the client's public keys (private_key_jwt).", dir_okay=False)] = None,
+    jwks: Annotated[Path | None, typer.Option("--jwks", help="JWKS file with the client's public keys (private_key_jwt).", dir_okay=False)] = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Register a client and print its client_id (and, once, its generated secret)."""

@@ -165,7 +165,8 @@ def _one(obj: Any) -> Message:
 def _completion_ref(params: Mapping[str, Any] | None, rid: Any) -> tuple[str, str]:
     """(capability method, name or URI template) of a completion's ``params.ref``."""
     ref = params.get("ref") if params else None
-    kind = COMPLETION_REFS.get(ref.get("type")) if isinstance(ref, dict) else None
+    ref_type = ref.get("type") if isinstance(ref, dict) else None
+    kind = COMPLETION_REFS.get(ref_type) if isinstance(ref_type, str) else None
     value = ref.get(kind[0]) if kind is not None and isinstance(ref, dict) else None
     if kind is None or not isinstance(value, str) or not value:
         raise RPCRefusal(400, INVALID_PARAMS, "completion/complete needs params.ref: "

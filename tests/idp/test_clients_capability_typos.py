@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import json
 
+from idp_testing import AUDIENCE, env_for, run_cli
+
 from idp.config import Settings
 from idp.provider import Provider
-
-from idp_testing import AUDIENCE, env_for, run_cli
 
 
 def test_unknown_methods_are_refused_with_did_you_mean_and_nothing_is_stored(settings: Settings,

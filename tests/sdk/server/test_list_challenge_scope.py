@@ -12,9 +12,9 @@ import re
 
 import httpx
 import pytest
+from sdk_server_support import IdP, legacy_headers, protected_example, rpc
 
 from sdk.server.rpc import Message, required_capability
-from sdk_server_support import IdP, legacy_headers, protected_example, rpc
 
 
 @pytest.mark.parametrize("method", ["tools/list", "prompts/list", "resources/list", "resources/templates/list"])

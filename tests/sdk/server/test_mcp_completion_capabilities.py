@@ -12,10 +12,10 @@ from typing import Any
 
 import httpx
 import pytest
+from sdk_server_support import IdP, MCPUnderTest, legacy_headers, modern_headers, modern_meta, rpc
 
 from sdk.capabilities import CapabilitySet, uri_template_pattern
 from sdk.server.rpc import RPCRefusal, allows, parse_messages, required_capability
-from sdk_server_support import IdP, MCPUnderTest, legacy_headers, modern_headers, modern_meta, rpc
 
 
 def complete(ref: dict[str, Any], id: Any = 1) -> dict[str, Any]:

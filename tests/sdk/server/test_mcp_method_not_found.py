@@ -15,10 +15,18 @@ from typing import Any
 
 import httpx
 import pytest
+from sdk_server_support import (
+    IdP,
+    MCPUnderTest,
+    RecordingApp,
+    legacy_headers,
+    modern_headers,
+    modern_meta,
+    rpc,
+)
 
 from sdk.server import CBSTMiddleware, ProtectionConfig
 from sdk.server.rpc import RPCRefusal, check_routing, parse_messages
-from sdk_server_support import IdP, MCPUnderTest, RecordingApp, legacy_headers, modern_headers, modern_meta, rpc
 
 RES = "http://127.0.0.1:9/mcp"
 METHOD_NOT_FOUND = -32601

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import httpx
 import pytest
-
 from sdk_server_support import IdP, MCPUnderTest, legacy_headers, modern_headers, modern_meta, rpc
 
 
