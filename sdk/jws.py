@@ -2,10 +2,11 @@
 
 **Hazardous low-level layer** — like ``cryptography.hazmat``: it checks the signature and
 the header (``alg`` from the key, ``kid``, ``typ``, no self-chosen keys) and nothing about the
-claims: no ``exp``, ``iss``, ``aud`` or ``scope`` check, no choice of which issuer's keys. Applications should use :mod:`sdk.access_token`
-(``verify_access_token``) or the server middleware, which apply every claim check on top of
-it; use this module directly only to build such a layer. It keeps its public name
-``sdk.jws`` because the IdP and the SDK import it in many places.
+claims: no ``exp``, ``iss``, ``aud`` or ``scope`` check, no choice of which issuer's keys.
+Applications should use :mod:`sdk.access_token` (``verify_access_token``) or the server
+middleware, which apply every claim check on top of it; use this module directly only to
+build such a layer. It keeps its public name ``sdk.jws`` because the IdP and the SDK import
+it in many places.
 
 Only the asymmetric algorithms CBST pins are supported: ES256 (P-256, RFC 7518 §3.4) and
 EdDSA (Ed25519, RFC 8037). The algorithm is taken from the *key*, never from the token header:

@@ -211,10 +211,8 @@ def parse_messages(body: bytes, *, max_batch: int) -> tuple[list[Message], bool]
     """
     try:
         text = body.decode("utf-8")
-        if _duplicates_impossible(body):
-            data = json.loads(text)
-        else:
-            data = json.loads(text, object_pairs_hook=_no_duplicates)
+        hook = None if _duplicates_impossible(body) else _no_duplicates
+        data = json.loads(text, object_pairs_hook=hook)
     except _DuplicateKey:
         raise RPCRefusal(400, INVALID_REQUEST, "a JSON object in the request repeats a member",
                          reason="malformed") from None

@@ -81,7 +81,7 @@ def test_method_tables_agree_with_the_official_sdk() -> None:
     from mcp_types.methods import CLIENT_REQUESTS
     from mcp_types.version import HANDSHAKE_PROTOCOL_VERSIONS, MODERN_PROTOCOL_VERSIONS
 
-    assert HANDSHAKE_METHODS == {m for m, v in CLIENT_REQUESTS if v in HANDSHAKE_PROTOCOL_VERSIONS}
-    assert MODERN_METHODS == {m for m, v in CLIENT_REQUESTS if v in MODERN_PROTOCOL_VERSIONS}
+    assert {m for m, v in CLIENT_REQUESTS if v in HANDSHAKE_PROTOCOL_VERSIONS} == HANDSHAKE_METHODS
+    assert {m for m, v in CLIENT_REQUESTS if v in MODERN_PROTOCOL_VERSIONS} == MODERN_METHODS
     assert MCP_METHODS == HANDSHAKE_METHODS | MODERN_METHODS
     assert "resources/subscribe" not in MODERN_METHODS and "tools/call" in MODERN_METHODS

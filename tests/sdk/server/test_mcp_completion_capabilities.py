@@ -129,7 +129,8 @@ def test_completion_outside_the_token_is_refused(idp: IdP, mcp_json_server: MCPU
 
 
 @pytest.mark.parametrize("ref", [prompt("summarize"), template("file:///docs/{name}")])
-def test_completion_inside_the_token_reaches_the_server(idp: IdP, mcp_json_server: MCPUnderTest, ref: dict[str, str]) -> None:
+def test_completion_inside_the_token_reaches_the_server(idp: IdP, mcp_json_server: MCPUnderTest,
+                                                        ref: dict[str, str]) -> None:
     token = idp.new_token(SCOPE, mcp_json_server.resource)
     resp = httpx.post(mcp_json_server.url, json=complete(ref, 23), headers=legacy_headers(token))
     assert resp.status_code == 200 and "www-authenticate" not in resp.headers, resp.text

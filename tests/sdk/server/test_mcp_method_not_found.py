@@ -41,7 +41,8 @@ def _route(msg: dict[str, Any], headers: dict[str, str] | None = None) -> str | 
 def _modern(method: str, params: dict[str, Any] | None = None, id: Any = 1) -> tuple[dict[str, Any], dict[str, str]]:
     p = {**(params or {}), "_meta": modern_meta()}
     name = p.get("name") or p.get("uri")
-    return rpc(method, p, id), modern_headers(method, name if method in ("tools/call", "prompts/get", "resources/read") else None)
+    mirrored = method in ("tools/call", "prompts/get", "resources/read")
+    return rpc(method, p, id), modern_headers(method, name if mirrored else None)
 
 
 @pytest.mark.parametrize("method", ["resources/subscribe", "resources/unsubscribe", "logging/setLevel", "ping",
@@ -66,7 +67,8 @@ def test_handshake_methods_the_generation_lacks_are_method_not_found(method: str
     rpc("resources/subscribe", {"uri": "file:///docs/a.md"}),
     rpc("logging/setLevel", {"level": "debug"}),
     rpc("ping"),
-    rpc("completion/complete", {"ref": {"type": "ref/prompt", "name": "summarize"}, "argument": {"name": "a", "value": ""}}),
+    rpc("completion/complete", {"ref": {"type": "ref/prompt", "name": "summarize"},
+                                "argument": {"name": "a", "value": ""}}),
     {"jsonrpc": "2.0", "method": "notifications/initialized"},
     {"jsonrpc": "2.0", "method": "notifications/whatever"},  # unknown notifications are ignored by servers
     {"jsonrpc": "2.0", "id": 3, "result": {}},
@@ -98,13 +100,15 @@ def test_removed_method_in_2026_is_404_not_a_step_up_challenge(idp: IdP, mcp_jso
     resp = httpx.post(mcp_json_server.url, json=msg, headers={**headers, "Authorization": f"Bearer {token}"})
     assert resp.status_code == 404, resp.text
     assert "www-authenticate" not in resp.headers
-    assert resp.json() == {"jsonrpc": "2.0", "id": 11, "error": {"code": METHOD_NOT_FOUND, "message": resp.json()["error"]["message"]}}
+    error = resp.json()["error"]
+    assert resp.json() == {"jsonrpc": "2.0", "id": 11, "error": {"code": METHOD_NOT_FOUND, "message": error["message"]}}
     assert "resources/subscribe" in resp.json()["error"]["message"]
     event = [e for e in mcp_json_server.events if e.method == "resources/subscribe" and e.request_id == 11][-1]
     assert not event.allowed and event.reason == "method_not_found" and event.status == 404
 
 
-def test_misspelt_method_in_the_handshake_generation_is_method_not_found(idp: IdP, mcp_json_server: MCPUnderTest) -> None:
+def test_misspelt_method_in_the_handshake_generation_is_method_not_found(idp: IdP,
+                                                                         mcp_json_server: MCPUnderTest) -> None:
     token = idp.new_token("tools/call:**", mcp_json_server.resource)
     resp = httpx.post(mcp_json_server.url, json=rpc("tools/cal", {"name": "echo"}, 12), headers=legacy_headers(token))
     assert resp.status_code == 200 and "www-authenticate" not in resp.headers
