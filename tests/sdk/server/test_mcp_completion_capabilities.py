@@ -114,12 +114,13 @@ SCOPE = "completion/complete prompts/get:summarize resources/read:file:///docs/*
 def test_completion_outside_the_token_is_refused(idp: IdP, mcp_json_server: MCPUnderTest, ref: dict[str, str],
                                                  challenge: str | None) -> None:
     token = idp.new_token(SCOPE, mcp_json_server.resource)
-    resp = httpx.post(mcp_json_server.url, json=complete(ref, 21), headers=legacy_headers(token))
+    rid = f"outside-{ref.get('name', ref.get('uri'))}"
+    resp = httpx.post(mcp_json_server.url, json=complete(ref, rid), headers=legacy_headers(token))
     assert resp.status_code == 403, resp.text
-    assert resp.json()["id"] == 21 and resp.json()["error"]["code"] == -32003
+    assert resp.json()["id"] == rid and resp.json()["error"]["code"] == -32003
     if challenge is not None:
         assert f'scope="{challenge}"' in resp.headers["www-authenticate"]
-    event = [e for e in mcp_json_server.events if e.method == "completion/complete" and e.request_id == 21][-1]
+    event = [e for e in mcp_json_server.events if e.method == "completion/complete" and e.request_id == rid][-1]
     assert not event.allowed and event.reason == "insufficient_scope"
     # the same in the 2026-07-28 generation
     body = complete(ref, 22)
@@ -132,7 +133,8 @@ def test_completion_outside_the_token_is_refused(idp: IdP, mcp_json_server: MCPU
 def test_completion_inside_the_token_reaches_the_server(idp: IdP, mcp_json_server: MCPUnderTest,
                                                         ref: dict[str, str]) -> None:
     token = idp.new_token(SCOPE, mcp_json_server.resource)
-    resp = httpx.post(mcp_json_server.url, json=complete(ref, 23), headers=legacy_headers(token))
+    rid = f"inside-{ref['type']}"  # the server (and its audit list) is shared by the whole session
+    resp = httpx.post(mcp_json_server.url, json=complete(ref, rid), headers=legacy_headers(token))
     assert resp.status_code == 200 and "www-authenticate" not in resp.headers, resp.text
-    event = [e for e in mcp_json_server.events if e.method == "completion/complete" and e.request_id == 23][-1]
+    event = [e for e in mcp_json_server.events if e.method == "completion/complete" and e.request_id == rid][-1]
     assert event.allowed and event.target == ref.get("name", ref.get("uri"))

@@ -96,14 +96,15 @@ def test_a_batch_with_an_unknown_method_is_refused_whole() -> None:
 def test_removed_method_in_2026_is_404_not_a_step_up_challenge(idp: IdP, mcp_json_server: MCPUnderTest) -> None:
     client = idp.client("resources/read:** tools/call:**", mcp_json_server.resource)
     token = idp.token(client, resource=mcp_json_server.resource)
-    msg, headers = _modern("resources/subscribe", {"uri": "file:///docs/readme.md"}, 11)
+    msg, headers = _modern("resources/subscribe", {"uri": "file:///docs/readme.md"}, "mnf-11")
     resp = httpx.post(mcp_json_server.url, json=msg, headers={**headers, "Authorization": f"Bearer {token}"})
     assert resp.status_code == 404, resp.text
     assert "www-authenticate" not in resp.headers
     error = resp.json()["error"]
-    assert resp.json() == {"jsonrpc": "2.0", "id": 11, "error": {"code": METHOD_NOT_FOUND, "message": error["message"]}}
+    assert resp.json() == {"jsonrpc": "2.0", "id": "mnf-11",
+                           "error": {"code": METHOD_NOT_FOUND, "message": error["message"]}}
     assert "resources/subscribe" in resp.json()["error"]["message"]
-    event = [e for e in mcp_json_server.events if e.method == "resources/subscribe" and e.request_id == 11][-1]
+    event = [e for e in mcp_json_server.events if e.method == "resources/subscribe" and e.request_id == "mnf-11"][-1]
     assert not event.allowed and event.reason == "method_not_found" and event.status == 404
 
 
