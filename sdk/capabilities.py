@@ -48,6 +48,10 @@ Grammar (``<method>`` ends at the first ``:``)::
   ``**`` in its scheme or authority (``https://**.example.com`` would match
   ``https://evil.com/.example.com``; use ``https://*.example.com/**``), or a ``..`` segment
   after a wildcard.
+* :func:`uri_template_pattern` turns an RFC 6570 resource template into the URI pattern of
+  everything it can expand to (``{x}`` -> ``*``, ``{+x}`` and the other operators -> ``**``);
+  :meth:`CapabilitySet.allows_template` asks whether a ``resources/read`` capability covers
+  it (for ``completion/complete`` on a ``ref/resource``).
 * Sizes are bounded: :data:`MAX_CAPABILITY_LENGTH` characters per capability,
   :data:`MAX_SCOPE_LENGTH` per scope string, :data:`MAX_CAPABILITIES` per set.
 
