@@ -516,3 +516,24 @@ def test_from_jwk_refuses_a_point_not_on_the_curve() -> None:
     y[-1] ^= 1
     with pytest.raises(JWSError):
         PublicKey.from_jwk({**jwk, "y": b64url_encode(bytes(y))})
+
+
+def test_module_docstring_cites_the_repository_benchmark_it_exists_for() -> None:
+    """The reason for a hand-written JWS layer is a measurement in this repository: the figures
+    the docstring quotes are those of bench/results/sdk_verify.md, and nothing outside the
+    repository is cited."""
+    import re
+    from pathlib import Path
+
+    import sdk.jws
+
+    doc = sdk.jws.__doc__ or ""
+    assert "hazardous low-level layer" in doc.lower() and "sdk.access_token" in doc
+    assert "shared/notes" not in doc and "../" not in doc
+    results = (Path(__file__).resolve().parents[2] / "bench" / "results" / "sdk_verify.md").read_text()
+    assert "bench/results/sdk_verify.md" in doc
+    for section in results.split("## ")[1:]:
+        alg = section.split()[0]
+        ratios = dict(re.findall(r"^\| (sdk-core|sdk-cold|pyjwt|joserfc) \|.*\| ([0-9.]+) \|$", section, re.M))
+        row = next(line for line in doc.splitlines() if re.match(rf"{alg} +[0-9]", line))
+        assert row.split()[1:] == [f"{ratios[k]}x" for k in ("sdk-core", "sdk-cold", "pyjwt", "joserfc")], alg
