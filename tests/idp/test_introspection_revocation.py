@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 from idp_testing import AUDIENCE, ISSUER
-from test_token_endpoint import OTHER_AUDIENCE, Env, assert_oauth_error, basic, env  # noqa: F401 - env is a fixture
+from test_token_endpoint import FORM, OTHER_AUDIENCE, Env, assert_oauth_error, basic, env  # noqa: F401 - env is a fixture
 
 import idp.clock
 from sdk.jws import PrivateKey
@@ -155,6 +155,19 @@ def test_rfc7662_2_1_missing_token_is_invalid_request(env: Env) -> None:
     client, secret = env.register()
     resp = env.http.post("/introspect", data={}, headers={"Authorization": basic(client.client_id, secret)})
     assert_oauth_error(resp, 400, "invalid_request")
+
+
+@pytest.mark.parametrize("path", ["/introspect", "/revoke"])
+def test_rfc6749_3_1_token_repeated_after_an_empty_one_is_invalid_request(env: Env, path: str) -> None:
+    """``token=&token=<real token>``: the parameter is repeated, whatever the first copy holds."""
+    client, secret = env.register()
+    token = env.token(client, secret)
+    before = env.counts()
+    resp = env.http.post(path, content=f"token=&token={token}".encode(),
+                         headers={"Authorization": basic(client.client_id, secret), "Content-Type": FORM})
+    assert_oauth_error(resp, 400, "invalid_request")
+    assert env.counts() == before
+    assert introspect(env, client, secret, token).json()["active"] is True  # not revoked
 
 
 def test_rfc7662_introspection_writes_nothing(env: Env) -> None:

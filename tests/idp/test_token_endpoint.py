@@ -342,6 +342,18 @@ REFUSALS: dict[str, tuple[dict[str, Any], int, str, bool]] = {
     "rfc6749_3_2_duplicate_scope_is_invalid_request": (
         {**_b("basic"), "form": [("grant_type", "client_credentials"), ("scope", "tools/call:a"), ("scope", "tools/call:b")]},
         400, "invalid_request", False),
+    # RFC 6749 §3.1: "Request and response parameters MUST NOT be included more than once" — also
+    # when one of the copies is empty (an empty value counts as omitted, but the name was sent).
+    "rfc6749_3_1_scope_repeated_after_an_empty_one_is_invalid_request": (
+        {**_b("basic"), "form": [("grant_type", "client_credentials"), ("scope", ""), ("scope", "tools/call:a")]},
+        400, "invalid_request", False),
+    "rfc6749_3_1_scope_repeated_empty_after_a_value_is_invalid_request": (
+        {**_b("basic"), "form": [("grant_type", "client_credentials"), ("scope", "tools/call:a"), ("scope", "")]},
+        400, "invalid_request", False),
+    "rfc6749_3_1_grant_type_repeated_after_an_empty_one_is_invalid_request": (
+        {**_b("basic"), "form": [("grant_type", ""), ("grant_type", "client_credentials")]}, 400, "invalid_request", False),
+    "rfc6749_3_1_client_secret_repeated_after_an_empty_one_is_invalid_request": (
+        {"post_empty_dup": "post", "form": {"grant_type": "client_credentials"}}, 400, "invalid_request", False),
     "rfc6749_3_2_duplicate_client_secret_is_invalid_request": (
         {"post_dup": "post", "form": {"grant_type": "client_credentials"}}, 400, "invalid_request", False),
     "rfc6749_2_3_two_auth_methods_basic_and_post_is_invalid_request": (
@@ -407,6 +419,9 @@ def send(env: Env, clients: dict[str, Any], spec: dict[str, Any], path: str = "/
     if "post_dup" in spec:
         cid, sec = clients[spec["post_dup"]]
         pairs += [("client_id", cid), ("client_secret", sec), ("client_secret", sec)]
+    if "post_empty_dup" in spec:
+        cid, sec = clients[spec["post_empty_dup"]]
+        pairs += [("client_id", cid), ("client_secret", ""), ("client_secret", sec)]
     if "basic_and_post" in spec:
         cid, sec = clients[spec["basic_and_post"]]
         headers["Authorization"] = basic(cid, sec)
