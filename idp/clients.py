@@ -22,7 +22,7 @@ from sdk.capabilities import CapabilityError, CapabilitySet
 from . import audit, clock
 from .models import AuditEvent, Client, RevokedToken
 from .oauth2 import client_auth
-from .oauth2.client import ClientRecord, hash_secret
+from .oauth2.client import CLIENT, KINDS, ClientRecord, hash_secret
 from .sql import Prepared
 
 __all__ = ["AUTH_METHODS", "ClientError", "ClientRecord", "ClientRegistry", "generate_secret", "hash_secret"]
@@ -117,6 +117,7 @@ class ClientRegistry:
             enabled=bool(row.enabled),
             created_at=row.created_at,
             updated_at=row.updated_at,
+            kind=row.kind,
         )
 
     def add(
@@ -127,6 +128,7 @@ class ClientRegistry:
         audiences: list[str] | tuple[str, ...] = (),
         auth_method: str = "client_secret_basic",
         jwks: dict[str, Any] | None = None,
+        kind: str = CLIENT,
         actor: str = "cli",
     ) -> tuple[ClientRecord, str | None]:
         """Register a client; returns it and, for secret methods, the secret (shown once)."""
@@ -138,6 +140,8 @@ class ClientRegistry:
             raise ClientError(str(exc)) from None
         if not len(caps):
             raise ClientError("a client needs at least one capability")
+        if kind not in KINDS:
+            raise ClientError(f"kind must be one of {', '.join(KINDS)}")
         method = client_auth.METHODS.get(auth_method)
         if method is None:
             raise ClientError(f"auth method must be one of {', '.join(client_auth.METHODS)}")
@@ -166,6 +170,7 @@ class ClientRegistry:
             "enabled": True,
             "created_at": now,
             "updated_at": now,
+            "kind": kind,
         }
         try:
             with audit.transaction(self._engine) as tx:
@@ -174,7 +179,7 @@ class ClientRegistry:
                 tx.conn.execute(insert(_clients), [row])
                 tx.record(audit.Record(
                     "client.registered", actor, client_id=client_id,
-                    data={"name": name, "auth_method": auth_method, "capabilities": row["capabilities"], "audiences": list(auds)},
+                    data={"name": name, "kind": kind, "auth_method": auth_method, "capabilities": row["capabilities"], "audiences": list(auds)},
                 ))
         except IntegrityError:
             raise ClientError(f"a client named {name!r} already exists") from None

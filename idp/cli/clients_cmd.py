@@ -13,6 +13,7 @@ from rich.table import Table
 from sdk.capabilities import CapabilityError, CapabilitySet, capability_warnings
 
 from ..clients import AUTH_METHODS, ClientError, ClientRecord
+from ..oauth2.client import CLIENT, RESOURCE_SERVER
 from .common import JsonOpt, emit_json, err, fail, out, provider, when
 
 app = typer.Typer(help="Register and manage clients.", no_args_is_help=True)
@@ -48,6 +49,8 @@ def add(
     audience: Annotated[list[str] | None, typer.Option("--audience", help="Resource URI the client may get tokens for (repeatable).")] = None,
     auth: Annotated[str, typer.Option("--auth", help=f"Authentication method: {', '.join(AUTH_METHODS)}.")] = "client_secret_basic",
     jwks: Annotated[Path | None, typer.Option("--jwks", help="JWKS file with the client's public keys (private_key_jwt).", dir_okay=False)] = None,
+    resource_server: Annotated[bool, typer.Option(
+        "--resource-server", help="The client of a protected resource: it may introspect tokens for its --audience URIs.")] = False,
     as_json: JsonOpt = False,
 ) -> None:
     """Register a client and print its client_id (and, once, its generated secret)."""
@@ -61,7 +64,8 @@ def add(
     with provider(as_json) as prov:
         try:
             client, secret = prov.clients.add(name, capabilities=capabilities, audiences=audience or [],
-                                              auth_method=auth, jwks=jwks_doc)
+                                              auth_method=auth, jwks=jwks_doc,
+                                              kind=RESOURCE_SERVER if resource_server else CLIENT)
         except ClientError as exc:
             fail(str(exc), as_json=as_json)
     if as_json:
@@ -71,7 +75,8 @@ def add(
     if secret:
         out.print("[dim]The secret is shown only now; it is stored hashed.[/]")
     if not client.audiences:
-        out.print("[yellow]warning:[/] no --audience: this client cannot get tokens until it has one.")
+        out.print("[yellow]warning:[/] no --audience: this client cannot get tokens until it has one."
+                  + (" A resource server introspects only tokens for its audiences." if resource_server else ""))
 
 
 @app.command("list")
@@ -82,9 +87,9 @@ def list_(as_json: JsonOpt = False) -> None:
     if as_json:
         emit_json([c.public_dict() for c in clients])
         return
-    table = Table("name", "client_id", "auth", "enabled", "capabilities", "audiences")
+    table = Table("name", "client_id", "kind", "auth", "enabled", "capabilities", "audiences")
     for c in clients:
-        table.add_row(c.name, c.client_id, c.auth_method, "yes" if c.enabled else "[red]no[/]",
+        table.add_row(c.name, c.client_id, c.kind, c.auth_method, "yes" if c.enabled else "[red]no[/]",
                       escape(c.capabilities.to_scope()), escape(" ".join(c.audiences)))
     out.print(table if clients else "[dim]no clients[/]")
 

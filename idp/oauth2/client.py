@@ -15,6 +15,13 @@ from typing import Any
 
 from sdk.capabilities import CapabilitySet
 
+#: An ordinary client: gets tokens; may introspect and revoke only its own.
+CLIENT = "client"
+#: The client of a protected resource (RFC 7662 §4): may also introspect tokens whose ``aud`` is
+#: one of its registered audiences.
+RESOURCE_SERVER = "resource_server"
+KINDS = (CLIENT, RESOURCE_SERVER)
+
 
 @dataclass(frozen=True)
 class ClientRecord:
@@ -28,11 +35,13 @@ class ClientRecord:
     enabled: bool
     created_at: int
     updated_at: int
+    kind: str = CLIENT
 
     def public_dict(self) -> dict[str, Any]:
         return {
             "client_id": self.client_id,
             "name": self.name,
+            "kind": self.kind,
             "auth_method": self.auth_method,
             "capabilities": self.capabilities.to_scope(),
             "audiences": list(self.audiences),

@@ -1,8 +1,9 @@
 """Token introspection (RFC 7662).
 
 Any authenticated client may ask, but a token is reported active only to the client it was
-issued to or to a client whose registered audiences include the token's ``aud`` (a resource
-server); to anyone else it is ``{"active": false}`` (RFC 7662 §4: no token scanning).
+issued to or to the protected resource itself: a client of kind ``resource_server`` whose
+registered audiences include the token's ``aud``. To anyone else, other clients of the same
+audience included, it is ``{"active": false}`` (RFC 7662 §4: no token scanning).
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 from sdk import jws
 
 from .. import clock
-from .client import ClientRecord
+from .client import RESOURCE_SERVER, ClientRecord
 from .client_auth import authenticate
 from .errors import NO_STORE, InvalidRequest, OAuthResponse
 from .request import OAuthRequest
@@ -49,9 +50,13 @@ def validate_own_token(stores: Stores, token: str) -> dict[str, Any] | None:
 
 
 def may_see(client: ClientRecord, claims: dict[str, Any]) -> bool:
+    if claims.get("client_id") == client.client_id:
+        return True
+    if client.kind != RESOURCE_SERVER:
+        return False
     aud = claims.get("aud")
     auds = aud if isinstance(aud, list) else [aud]
-    return claims.get("client_id") == client.client_id or any(a in client.audiences for a in auds)
+    return any(a in client.audiences for a in auds)
 
 
 def introspect(stores: Stores, request: OAuthRequest) -> OAuthResponse:

@@ -51,10 +51,11 @@ class Env:
 
     def register(self, *, capabilities: str = "tools/call:* resources/read:file:///docs/**",
                  audiences: tuple[str, ...] = (AUDIENCE,), auth_method: str = "client_secret_basic",
-                 jwks: dict[str, Any] | None = None) -> tuple[Any, str | None]:
+                 jwks: dict[str, Any] | None = None, kind: str | None = None) -> tuple[Any, str | None]:
         name = "c-" + secrets.token_hex(6)
+        extra = {"kind": kind} if kind else {}
         return self.provider.clients.add(name, capabilities=capabilities, audiences=list(audiences),
-                                         auth_method=auth_method, jwks=jwks)
+                                         auth_method=auth_method, jwks=jwks, **extra)
 
     def counts(self) -> dict[str, int]:
         with self.provider.engine.connect() as conn:
