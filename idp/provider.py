@@ -19,6 +19,7 @@ from .clients import ClientRegistry
 from .config import Settings
 from .keystore import Keystore
 from .oauth2.client_auth import AuthContext
+from .oauth2.throttle import AuthThrottle
 from .revocations import RevocationList
 from .signing_keys import KeyRing
 
@@ -45,6 +46,7 @@ class Provider:
     revocations: RevocationList
     assertion_jtis: AssertionReplayCache
     auth_context: AuthContext
+    auth_throttle: AuthThrottle
     _committer: audit.GroupCommitter | None = field(default=None, repr=False)
     _last_forced_key_refresh: float = field(default=float("-inf"), repr=False)
 
@@ -74,6 +76,12 @@ class Provider:
                 issuer=issuer,
                 audiences=frozenset({issuer, issuer + "/token", issuer + "/introspect", issuer + "/revoke"}),
                 clock_skew=settings.clock_skew,
+            ),
+            auth_throttle=AuthThrottle(
+                per_client=settings.auth_failures_per_client,
+                per_address=settings.auth_failures_per_address,
+                window=settings.auth_failure_window,
+                audit_limit=settings.auth_failure_audit_limit,
             ),
         )
 

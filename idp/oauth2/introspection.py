@@ -14,7 +14,7 @@ from sdk import jws
 
 from .. import clock
 from .client import RESOURCE_SERVER, ClientRecord
-from .client_auth import authenticate
+from .client_auth import authenticate, failures_audited
 from .errors import NO_STORE, InvalidRequest, OAuthResponse
 from .request import OAuthRequest
 
@@ -59,6 +59,7 @@ def may_see(client: ClientRecord, claims: dict[str, Any]) -> bool:
     return any(a in client.audiences for a in auds)
 
 
+@failures_audited
 def introspect(stores: Stores, request: OAuthRequest) -> OAuthResponse:
     client = authenticate(stores, request)
     token = request.form.get("token")

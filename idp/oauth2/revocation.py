@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from .client_auth import authenticate
+from .client_auth import authenticate, failures_audited
 from .errors import NO_STORE, InvalidRequest, OAuthResponse, UnauthorizedClient
 from .introspection import validate_own_token
 from .request import OAuthRequest
@@ -17,6 +17,7 @@ if TYPE_CHECKING:
     from .stores import Stores
 
 
+@failures_audited
 def revoke(stores: Stores, request: OAuthRequest) -> OAuthResponse:
     client = authenticate(stores, request)
     token = request.form.get("token")

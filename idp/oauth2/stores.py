@@ -17,6 +17,7 @@ from .client import ClientRecord
 if TYPE_CHECKING:
     from ..config import Settings
     from .client_auth import AuthContext
+    from .throttle import AuthThrottle
 
 
 class ClientStore(Protocol):
@@ -71,6 +72,9 @@ class Stores(Protocol):
 
     @property
     def auth_context(self) -> AuthContext: ...
+
+    @property
+    def auth_throttle(self) -> AuthThrottle: ...
 
     def refresh_keys_for_unknown_kid(self) -> bool:
         """Re-read the key set once when a token names an unknown kid (rate-limited)."""

@@ -14,7 +14,7 @@ from collections.abc import Coroutine
 from typing import TYPE_CHECKING, Any
 
 from . import access_token
-from .client_auth import authenticate
+from .client_auth import authenticate, failures_audited
 from .errors import NO_STORE, InvalidRequest, OAuthResponse, UnsupportedGrantType
 from .grants import GRANTS
 from .request import OAuthRequest
@@ -23,6 +23,7 @@ if TYPE_CHECKING:
     from .stores import Stores
 
 
+@failures_audited
 def token(stores: Stores, request: OAuthRequest) -> Coroutine[Any, Any, OAuthResponse]:
     form = request.form
     grant_type = form.get("grant_type")

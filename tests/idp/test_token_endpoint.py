@@ -58,8 +58,13 @@ class Env:
                                          auth_method=auth_method, jwks=jwks, **extra)
 
     def counts(self) -> dict[str, int]:
+        """Rows per table. A refused authentication's own audit record (``client.auth_failed``) is
+        not counted: "writes nothing" means nothing else (tests/idp/test_auth_throttle.py checks it)."""
         with self.provider.engine.connect() as conn:
-            return {t: conn.execute(sa.text(f"SELECT COUNT(*) FROM {t}")).scalar_one() for t in TABLES}
+            counts = {t: conn.execute(sa.text(f"SELECT COUNT(*) FROM {t}")).scalar_one() for t in TABLES}
+            counts["audit_events"] -= conn.execute(
+                sa.text("SELECT COUNT(*) FROM audit_events WHERE event = 'client.auth_failed'")).scalar_one()
+        return counts
 
     def audit(self, event: str, **where: str) -> list[dict[str, Any]]:
         query = "SELECT event, actor, client_id, jti, data FROM audit_events WHERE event = :event"
@@ -96,7 +101,10 @@ def env(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
         with admin.connect() as conn:
             conn.exec_driver_sql(f'CREATE DATABASE "{name}"')
         url, drop = sa.engine.make_url(server).set(database=name).render_as_string(hide_password=False), name
-    settings = Settings(issuer=ISSUER, database_url=url, keys_dir=tmp / "keys", keystore_kek=random_kek())
+    # One test client address for the whole module, which refuses many authentications on purpose:
+    # failure limits out of the way here (tests/idp/test_auth_throttle.py tests them).
+    settings = Settings(issuer=ISSUER, database_url=url, keys_dir=tmp / "keys", keystore_kek=random_kek(),
+                        auth_failures_per_client=0, auth_failures_per_address=0)
     try:
         yield from make_env(settings)
     finally:

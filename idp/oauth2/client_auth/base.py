@@ -60,12 +60,17 @@ class ClientAuthMethod(Protocol):
         """The authenticated, enabled client registered for this method, or InvalidClient."""
 
 
+class UnusableClient(InvalidClient):
+    """The proof checked out, but the client may not authenticate so: not a guess (not throttled)."""
+
+
 def usable(client: ClientRecord, method: ClientAuthMethod) -> ClientRecord:
-    """A client authenticates only with the method it registered (RFC 6749 §2.3), and only while enabled."""
+    """A client authenticates only with the method it registered (RFC 6749 §2.3), and only while
+    enabled. Call it once the proof is verified."""
     if client.auth_method != method.name:
-        raise InvalidClient(f"this client must authenticate with {client.auth_method}", headers=dict(method.challenge))
+        raise UnusableClient(f"this client must authenticate with {client.auth_method}", headers=dict(method.challenge))
     if not client.enabled:
-        raise InvalidClient("client is disabled", headers=dict(method.challenge))
+        raise UnusableClient("client is disabled", headers=dict(method.challenge))
     return client
 
 
