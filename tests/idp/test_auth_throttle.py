@@ -184,3 +184,28 @@ def test_disabled_or_wrong_method_is_not_a_guess(provider: Provider, from_addres
     ok = http.post("/token", data={"grant_type": "client_credentials", "client_id": client.client_id, "client_secret": secret})
     assert ok.status_code == 200, ok.text
     assert _auth_failed_records(provider) == []
+
+
+def test_a_real_server_throttles_guessing_over_the_network(tmp_path: Path) -> None:
+    """``idp serve`` on loopback, limits from the environment, guesses sent with httpx."""
+    import httpx
+    from idp_testing import ServerProcess, env_for, free_port
+
+    port = free_port()
+    settings = Settings(issuer=f"http://127.0.0.1:{port}", database_url=f"sqlite:///{tmp_path / 'idp.db'}",
+                        keys_dir=tmp_path / "keys", keystore_kek=random_kek())
+    prov = Provider.open(settings)
+    try:
+        victim, secret = _client(prov)
+    finally:
+        prov.close()
+    server = ServerProcess({**env_for(settings), "IDP_AUTH_FAILURES_PER_CLIENT": "3"}, port)
+    try:
+        def guess(value: str | None) -> httpx.Response:
+            return httpx.post(server.url + "/token", data={"grant_type": "client_credentials"},
+                              headers={"Authorization": basic(victim.client_id, value)}, timeout=10)
+
+        assert [guess("cbsts_" + secrets.token_urlsafe(32)).status_code for _ in range(3)] == [401, 401, 401]
+        _assert_throttled(guess(secret))
+    finally:
+        server.stop()
