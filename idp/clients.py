@@ -94,7 +94,7 @@ def _record_of_row(row: tuple[Any, ...]) -> ClientRecord:
     """The record of a ``clients`` row, cached by the row's full contents: an updated client is a
     different row (new key), so nothing stale is ever returned, and the JSON columns are parsed
     once per version of a client instead of once per token request."""
-    return ClientRegistry._record(SimpleNamespace(**dict(zip(_COLUMNS, row))))
+    return ClientRegistry._record(SimpleNamespace(**dict(zip(_COLUMNS, row, strict=True))))
 
 
 class ClientRegistry:
@@ -133,7 +133,8 @@ class ClientRegistry:
     ) -> tuple[ClientRecord, str | None]:
         """Register a client; returns it and, for secret methods, the secret (shown once)."""
         if not isinstance(name, str) or not _NAME.fullmatch(name):
-            raise ClientError("name must be 1-128 characters of letters, digits, '.', '_' or '-', starting alphanumeric")
+            raise ClientError(
+                "name must be 1-128 characters of letters, digits, '.', '_' or '-', starting alphanumeric")
         try:
             caps = CapabilitySet.parse(capabilities)
         except CapabilityError as exc:
@@ -179,7 +180,8 @@ class ClientRegistry:
                 tx.conn.execute(insert(_clients), [row])
                 tx.record(audit.Record(
                     "client.registered", actor, client_id=client_id,
-                    data={"name": name, "kind": kind, "auth_method": auth_method, "capabilities": row["capabilities"], "audiences": list(auds)},
+                    data={"name": name, "kind": kind, "auth_method": auth_method, "capabilities": row["capabilities"],
+                          "audiences": list(auds)},
                 ))
         except IntegrityError:
             raise ClientError(f"a client named {name!r} already exists") from None
@@ -203,14 +205,18 @@ class ClientRegistry:
 
     def list(self) -> list[ClientRecord]:
         with self._engine.connect() as conn:
-            return [self._record(r) for r in conn.execute(select(_clients).order_by(_clients.c.created_at, _clients.c.name))]
+            rows = conn.execute(select(_clients).order_by(_clients.c.created_at, _clients.c.name))
+            return [self._record(r) for r in rows]
 
     def set_enabled(self, id_or_name: str, enabled: bool, *, actor: str = "cli") -> ClientRecord:
         client = self._require(id_or_name)
         with audit.transaction(self._engine) as tx:
-            tx.conn.execute(update(_clients).where(_clients.c.client_id == client.client_id).values(enabled=enabled, updated_at=clock.now()))
-            data = {} if enabled else {"revoked_tokens": _revoke_outstanding(tx, client.client_id, actor=actor, reason="client disabled")}
-            tx.record(audit.Record("client.enabled" if enabled else "client.disabled", actor, client_id=client.client_id, data=data))
+            tx.conn.execute(update(_clients).where(_clients.c.client_id == client.client_id)
+                            .values(enabled=enabled, updated_at=clock.now()))
+            data = {} if enabled else {
+                "revoked_tokens": _revoke_outstanding(tx, client.client_id, actor=actor, reason="client disabled")}
+            event = "client.enabled" if enabled else "client.disabled"
+            tx.record(audit.Record(event, actor, client_id=client.client_id, data=data))
         return self._require(client.client_id)
 
     def remove(self, id_or_name: str, *, actor: str = "cli") -> ClientRecord:
@@ -247,7 +253,8 @@ def _revoke_outstanding(tx: audit.Transaction, client_id: str, *, actor: str, re
     if not outstanding:
         return 0
     already = {r.jti for r in tx.conn.execute(select(_revoked.c.jti).where(_revoked.c.jti.in_(list(outstanding))))}
-    rows = [{"jti": j, "client_id": client_id, "expires_at": e, "revoked_at": now} for j, e in outstanding.items() if j not in already]
+    rows = [{"jti": j, "client_id": client_id, "expires_at": e, "revoked_at": now}
+            for j, e in outstanding.items() if j not in already]
     if rows:
         tx.conn.execute(insert(_revoked), rows)
         tx.record(*(audit.Record("token.revoked", actor, client_id=client_id, jti=r["jti"],

@@ -49,10 +49,12 @@ class Settings(BaseSettings):
         20, ge=0, le=1_000_000, description="Failed authentications per client_id per window before 429; 0 = no limit."
     )
     auth_failures_per_address: int = Field(
-        100, ge=0, le=1_000_000, description="Failed authentications per remote address per window before 429; 0 = no limit."
+        100, ge=0, le=1_000_000,
+        description="Failed authentications per remote address per window before 429; 0 = no limit.",
     )
     auth_failure_audit_limit: int = Field(
-        100, ge=0, le=1_000_000, description="Audit records of failed authentications per window (per process); 0 = none."
+        100, ge=0, le=1_000_000,
+        description="Audit records of failed authentications per window (per process); 0 = none.",
     )
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     log_json: bool = Field(True, description="Structured JSON log lines on stderr.")

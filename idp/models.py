@@ -62,7 +62,8 @@ class AuditEvent(SQLModel, table=True):
 
     __tablename__ = "audit_events"
 
-    id: int | None = Field(default=None, sa_column=Column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True))
+    id: int | None = Field(default=None, sa_column=Column(BigInteger().with_variant(Integer, "sqlite"),
+                                                          primary_key=True, autoincrement=True))
     ts: int = Field(sa_column=Column(BigInteger, nullable=False, index=True))
     event: str = Field(max_length=64)
     actor: str = Field(max_length=128)

@@ -33,7 +33,8 @@ class GroupCommittedLog:
 
     def record(self, event: str, actor: str, *, client_id: str | None = None, jti: str | None = None,
                data: dict[str, Any] | None = None, ts: int | None = None) -> Awaitable[None]:
-        return self.provider.committer.record(audit.Record(event, actor, client_id=client_id, jti=jti, data=data, ts=ts))
+        rec = audit.Record(event, actor, client_id=client_id, jti=jti, data=data, ts=ts)
+        return self.provider.committer.record(rec)
 
 
 @dataclass

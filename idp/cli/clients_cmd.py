@@ -50,7 +50,8 @@ def add(
     auth: Annotated[str, typer.Option("--auth", help=f"Authentication method: {', '.join(AUTH_METHODS)}.")] = "client_secret_basic",
     jwks: Annotated[Path | None, typer.Option("--jwks", help="JWKS file with the client's public keys (private_key_jwt).", dir_okay=False)] = None,
     resource_server: Annotated[bool, typer.Option(
-        "--resource-server", help="The client of a protected resource: it may introspect tokens for its --audience URIs.")] = False,
+        "--resource-server",
+        help="The client of a protected resource: it may introspect tokens for its --audience URIs.")] = False,
     as_json: JsonOpt = False,
 ) -> None:
     """Register a client and print its client_id (and, once, its generated secret)."""

@@ -27,5 +27,6 @@ def revoke(stores: Stores, request: OAuthRequest) -> OAuthResponse:
     if claims is not None:
         if claims.get("client_id") != client.client_id:
             raise UnauthorizedClient("the token was not issued to this client")
-        stores.revocations.revoke(claims["jti"], client_id=client.client_id, expires_at=claims["exp"], actor=client.client_id)
+        stores.revocations.revoke(claims["jti"], client_id=client.client_id, expires_at=claims["exp"],
+                                  actor=client.client_id)
     return OAuthResponse(200, {}, dict(NO_STORE))

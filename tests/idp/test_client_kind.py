@@ -41,7 +41,8 @@ def test_cli_registers_a_resource_server_that_may_introspect_its_audience(settin
     def introspect(who: dict[str, Any]) -> dict[str, Any]:
         resp = http.post("/introspect", data={"token": token}, auth=(who["client_id"], who["client_secret"]))
         assert resp.status_code == 200, resp.text
-        return resp.json()
+        body: dict[str, Any] = resp.json()
+        return body
 
     assert introspect(rs)["active"] is True and introspect(rs)["client_id"] == agent["client_id"]
     assert introspect(agent)["active"] is True
@@ -62,7 +63,8 @@ def test_migration_0003_makes_existing_clients_ordinary_clients(db_url: str) -> 
         now = int(time.time())
         with engine.begin() as conn:
             conn.execute(sa.text(
-                "INSERT INTO clients (client_id, name, auth_method, secret_hash, capabilities, audiences, enabled, created_at, updated_at)"
+                "INSERT INTO clients (client_id, name, auth_method, secret_hash, capabilities, audiences, enabled,"
+                " created_at, updated_at)"
                 " VALUES ('c1', 'old', 'client_secret_basic', 'h', 'tools/call:*', :aud, :t, :now, :now)"),
                 {"aud": json.dumps([AUDIENCE]), "t": True, "now": now})
         db.upgrade(engine)

@@ -41,7 +41,8 @@ class EchoGrant:
 
     def issue(self, stores: Stores, client: ClientRecord, request: OAuthRequest) -> dict[str, Any]:
         self.seen.append(request)
-        return access_token.build_claims(issuer=stores.settings.issuer, client_id=client.client_id, subject=client.client_id,
+        return access_token.build_claims(issuer=stores.settings.issuer, client_id=client.client_id,
+                                         subject=client.client_id,
                                          audience=request.form.get("echo") or "", scope=client.capabilities.to_scope(),
                                          ttl=60, now=clock.now())
 
@@ -107,7 +108,8 @@ def test_a_registered_grant_is_dispatched_audited_and_advertised(env: Env, echo_
 def test_an_unregistered_grant_is_unsupported_and_not_advertised(env: Env) -> None:
     client, secret = env.register()
     assert ECHO not in env.http.get(RFC8414).json()["grant_types_supported"]
-    resp = env.http.post("/token", data={"grant_type": ECHO, "echo": "x"}, headers={"Authorization": basic(client.client_id, secret)})
+    resp = env.http.post("/token", data={"grant_type": ECHO, "echo": "x"},
+                         headers={"Authorization": basic(client.client_id, secret)})
     assert_oauth_error(resp, 400, "unsupported_grant_type")
 
 
@@ -118,13 +120,15 @@ def test_a_registered_auth_method_authenticates_and_is_advertised(env: Env, head
     for endpoint in ("token", "introspection", "revocation"):
         assert header_auth.name in doc[f"{endpoint}_endpoint_auth_methods_supported"]
         assert "XS1" in doc[f"{endpoint}_endpoint_auth_signing_alg_values_supported"]
-    resp = env.http.post("/token", data={"grant_type": "client_credentials"}, headers={"X-Test-Client": f"{client.client_id} {secret}"})
+    form = {"grant_type": "client_credentials"}
+    resp = env.http.post("/token", data=form, headers={"X-Test-Client": f"{client.client_id} {secret}"})
     assert resp.status_code == 200, resp.text
-    bad = env.http.post("/token", data={"grant_type": "client_credentials"}, headers={"X-Test-Client": f"{client.client_id} nope"})
+    bad = env.http.post("/token", data=form, headers={"X-Test-Client": f"{client.client_id} nope"})
     assert_oauth_error(bad, 401, "invalid_client")
     # Two methods in one request are still refused; the registered method still binds the client.
     both = env.http.post("/token", data={"grant_type": "client_credentials"},
-                         headers={"X-Test-Client": f"{client.client_id} {secret}", "Authorization": basic(client.client_id, secret)})
+                         headers={"X-Test-Client": f"{client.client_id} {secret}",
+                                  "Authorization": basic(client.client_id, secret)})
     assert_oauth_error(both, 400, "invalid_request")
 
 
@@ -163,7 +167,7 @@ def _asgi(app: Any, scope: dict[str, Any], body: bytes) -> tuple[int, dict[str, 
 def test_oauth_request_carries_peer_tls_client_certificate_and_dpop(env: Env, echo_grant: EchoGrant) -> None:
     client, secret = env.register()
     pem = "-----BEGIN CERTIFICATE-----\nMIIB...\n-----END CERTIFICATE-----\n"
-    scope = {
+    scope: dict[str, Any] = {
         "type": "http", "method": "POST", "path": "/token", "scheme": "https", "root_path": "",
         "server": ("127.0.0.1", 8443), "client": ("203.0.113.7", 50000), "query_string": b"",
         "headers": [(b"host", b"idp.example.test"), (b"content-type", b"application/x-www-form-urlencoded"),
@@ -188,7 +192,8 @@ def test_repeated_dpop_header_is_invalid_request(env: Env) -> None:
     client, secret = env.register()
     before = env.counts()
     resp = env.http.post("/token", data={"grant_type": "client_credentials"},
-                         headers=[("Authorization", basic(client.client_id, secret)), ("DPoP", "a.b.c"), ("DPoP", "d.e.f")])
+                         headers=[("Authorization", basic(client.client_id, secret)),
+                                  ("DPoP", "a.b.c"), ("DPoP", "d.e.f")])
     assert_oauth_error(resp, 400, "invalid_request")
     assert env.counts() == before
 

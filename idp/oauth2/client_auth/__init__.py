@@ -108,7 +108,9 @@ def _failure(stores: Stores, request: OAuthRequest, method: ClientAuthMethod, cl
                                       "client_id": known, "data": data})
 
 
-def failures_audited(handler: Callable[[Stores, OAuthRequest], R]) -> Callable[[Stores, OAuthRequest], R | Coroutine[Any, Any, NoReturn]]:
+def failures_audited(
+    handler: Callable[[Stores, OAuthRequest], R],
+) -> Callable[[Stores, OAuthRequest], R | Coroutine[Any, Any, NoReturn]]:
     """Wrap an endpoint so that a failed authentication's audit record is written (group
     commit, on the event loop) before the refusal is answered."""
 
@@ -126,7 +128,8 @@ def failures_audited(handler: Callable[[Stores, OAuthRequest], R]) -> Callable[[
 
 async def _audit_then_raise(stores: Stores, exc: FailedAuthentication, record: dict[str, Any]) -> NoReturn:
     try:
-        await stores.audit_log.record(record["event"], record["actor"], client_id=record["client_id"], data=record["data"])
+        await stores.audit_log.record(record["event"], record["actor"], client_id=record["client_id"],
+                                      data=record["data"])
     except Exception:  # the refusal stands even when the audit log cannot be written
         log.exception("cannot write the audit record of a failed client authentication")
     raise exc

@@ -65,7 +65,8 @@ class PrivateKeyJwt:
         if client is None or client.jwks is None:
             raise InvalidClient(FAILED)
         try:
-            token = jwt.decode(credentials.proof, KeySet.import_key_set(cast(KeySetSerialization, client.jwks)), algorithms=list(ASSERTION_ALGS))
+            keys = KeySet.import_key_set(cast(KeySetSerialization, client.jwks))
+            token = jwt.decode(credentials.proof, keys, algorithms=list(ASSERTION_ALGS))
         except (JoseError, ValueError, TypeError, KeyError):
             raise InvalidClient("client assertion signature is invalid") from None
         claims = token.claims
