@@ -44,15 +44,15 @@ class Settings(BaseSettings):
         "FULL", description="SQLite durability: FULL survives power loss, NORMAL only process crashes."
     )
     # Failed client authentications (idp.oauth2.throttle; see docs/configuration.md).
-    auth_failure_window: int = Field(60, ge=1, le=86400, description="Window of the failure limits, seconds.")
-    auth_failures_per_client: int = Field(
+    auth_fail_window: int = Field(60, ge=1, le=86400, description="Window of the failure limits, seconds.")
+    auth_fail_client: int = Field(
         20, ge=0, le=1_000_000, description="Failed authentications per client_id per window before 429; 0 = no limit."
     )
-    auth_failures_per_address: int = Field(
+    auth_fail_address: int = Field(
         100, ge=0, le=1_000_000,
         description="Failed authentications per remote address per window before 429; 0 = no limit.",
     )
-    auth_failure_audit_limit: int = Field(
+    auth_fail_audits: int = Field(
         100, ge=0, le=1_000_000,
         description="Audit records of failed authentications per window (per process); 0 = none.",
     )

@@ -79,10 +79,10 @@ class Provider:
                 clock_skew=settings.clock_skew,
             ),
             auth_throttle=AuthThrottle(
-                per_client=settings.auth_failures_per_client,
-                per_address=settings.auth_failures_per_address,
-                window=settings.auth_failure_window,
-                audit_limit=settings.auth_failure_audit_limit,
+                per_client=settings.auth_fail_client,
+                per_address=settings.auth_fail_address,
+                window=settings.auth_fail_window,
+                audit_limit=settings.auth_fail_audits,
             ),
         )
 

@@ -35,8 +35,8 @@ JWT_BEARER = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
 @pytest.fixture
 def provider(db_url: str, tmp_path: Path) -> Iterator[Provider]:
     settings = Settings(issuer=ISSUER, database_url=db_url, keys_dir=tmp_path / "keys", keystore_kek=random_kek(),
-                        auth_failures_per_client=LIMIT, auth_failures_per_address=LIMIT * 2, auth_failure_window=60,
-                        auth_failure_audit_limit=LIMIT * 3)
+                        auth_fail_client=LIMIT, auth_fail_address=LIMIT * 2, auth_fail_window=60,
+                        auth_fail_audits=LIMIT * 3)
     prov = Provider.open(settings)
     yield prov
     prov.close()
@@ -153,8 +153,8 @@ def test_forged_assertions_are_throttled(provider: Provider, from_address: Any) 
 
 def test_audit_records_of_failures_are_bounded(provider: Provider, from_address: Any) -> None:
     """Many addresses and client ids: the failures stay throttled per key, and the audit log gets
-    at most auth_failure_audit_limit records per window; the last one counts what it left out."""
-    audit_limit = provider.settings.auth_failure_audit_limit
+    at most auth_fail_audits records per window; the last one counts what it left out."""
+    audit_limit = provider.settings.auth_fail_audits
     for i in range(audit_limit + 10):
         http = from_address(f"10.0.{i // 250}.{i % 250}")
         assert_oauth_error(_token(http, f"ghost-{i}", "x"), 401, "invalid_client")
@@ -203,7 +203,7 @@ def test_a_real_server_throttles_guessing_over_the_network(tmp_path: Path) -> No
         victim, secret = _client(prov)
     finally:
         prov.close()
-    server = ServerProcess({**env_for(settings), "IDP_AUTH_FAILURES_PER_CLIENT": "3"}, port)
+    server = ServerProcess({**env_for(settings), "IDP_AUTH_FAIL_CLIENT": "3"}, port)
     try:
         def guess(value: str | None) -> httpx.Response:
             return httpx.post(server.url + "/token", data={"grant_type": "client_credentials"},

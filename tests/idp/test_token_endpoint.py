@@ -104,7 +104,7 @@ def env(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
     # One test client address for the whole module, which refuses many authentications on purpose:
     # failure limits out of the way here (tests/idp/test_auth_throttle.py tests them).
     settings = Settings(issuer=ISSUER, database_url=url, keys_dir=tmp / "keys", keystore_kek=random_kek(),
-                        auth_failures_per_client=0, auth_failures_per_address=0)
+                        auth_fail_client=0, auth_fail_address=0)
     try:
         yield from make_env(settings)
     finally:
