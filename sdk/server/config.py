@@ -9,10 +9,12 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 from ..capabilities import Capability, CapabilityError
+from .endpoint import MCPEndpoint
 
 if TYPE_CHECKING:
     import httpx
@@ -54,7 +56,8 @@ class ProtectionConfig:
 
     issuer: str
     resource: str
-    #: Path of the MCP endpoint inside the wrapped app (``/mcp`` and ``/mcp/`` are both enforced).
+    #: Path of the MCP endpoint inside the wrapped app: ``/mcp`` and ``/mcp/`` and no other
+    #: spelling (:class:`~sdk.server.endpoint.MCPEndpoint`, shared with whatever serves MCP).
     mcp_path: str = "/mcp"
     #: Capabilities advertised in the protected resource metadata and in 401 challenges for
     #: requests that need no particular capability. Keep it short (old clients request all).
@@ -167,6 +170,15 @@ class ProtectionConfig:
             raise ValueError("public_paths must be a sequence of paths starting with '/'")
 
     # --- derived -----------------------------------------------------------------------------
+
+    @cached_property
+    def endpoint(self) -> MCPEndpoint:
+        """The MCP endpoint: route with ``endpoint.serves(scope)`` wherever MCP is served."""
+        return MCPEndpoint(self.mcp_path)
+
+    def is_mcp_endpoint(self, path: str) -> bool:
+        """Whether ``path`` (relative to ``root_path``) is the MCP endpoint."""
+        return self.endpoint.matches(path)
 
     @property
     def resource_origin(self) -> str:

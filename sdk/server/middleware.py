@@ -33,6 +33,7 @@ from ..jws import MAX_TOKEN_LENGTH
 from . import rpc
 from .audit import AuditEvent, LoggerSink
 from .config import ProtectionConfig
+from .endpoint import route_path
 from .issuer import IssuerUnavailable
 from .metadata import bearer_challenge, metadata_body
 from .ratelimit import ToolRateLimiter
@@ -139,8 +140,7 @@ class CBSTMiddleware:
         self.audit = config.audit or LoggerSink(config.audit_logger)
         self._metadata = metadata_body(config)
         self._metadata_paths = config.metadata_paths
-        base = config.mcp_path.rstrip("/") or "/"
-        self._mcp_paths = frozenset({base, base.rstrip("/") + "/"})
+        self._endpoint = config.endpoint
         self._public = frozenset(config.public_paths)
         self._sessions: OrderedDict[str, tuple[str, str]] = OrderedDict()
 
@@ -149,11 +149,8 @@ class CBSTMiddleware:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
         if kind == "http":
-            path = scope["path"]
-            root = scope.get("root_path")
-            if root and path.startswith(root):  # mounted under a prefix: route as Starlette does
-                path = path[len(root):] or "/"
-            if path in self._mcp_paths:
+            path = route_path(scope)  # mounted under a prefix: route as Starlette does
+            if self._endpoint.matches(path):
                 await self._mcp(scope, receive, send)
             elif path in self._metadata_paths:
                 await self._serve_metadata(scope, send)
