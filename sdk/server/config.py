@@ -34,7 +34,7 @@ def _is_loopback(host: str | None) -> bool:
 
 def _check_url(name: str, value: str, *, allow_http: bool) -> None:
     if not isinstance(value, str):
-        raise ValueError(f"{name} must be a string URL")
+        raise ValueError(f"{name} must be a string URL")  # noqa: TRY004 - config errors are ValueErrors
     parts = urlsplit(value)
     if parts.scheme not in ("https", "http") or not parts.netloc or parts.fragment:
         raise ValueError(f"{name} must be an absolute http(s) URL without fragment, got {value!r}")
@@ -110,6 +110,9 @@ class ProtectionConfig:
     public_paths: Sequence[str] = ()
     #: Sessions (``Mcp-Session-Id``) remembered and pinned to the client that opened them.
     max_sessions: int = 10_000
+    #: Most bytes of a ``*/list`` response buffered for filtering: the whole JSON body, or one
+    #: SSE event. Beyond it the list request gets a JSON-RPC error (the result is withheld).
+    max_list_response_size: int = 16 * 1024 * 1024
     #: Timeout of each request to the IdP (metadata, JWKS, revocation list), seconds.
     http_timeout: float = 5.0
     #: HTTP client for the IdP requests (tests, proxies, custom TLS); default: a private one.
@@ -147,6 +150,9 @@ class ProtectionConfig:
             "revocation_poll_interval": self.revocation_poll_interval, "http_timeout": self.http_timeout,
             "rate_limit_max_clients": self.rate_limit_max_clients, "max_sessions": self.max_sessions,
         }
+        for name, count in (("max_list_response_size", self.max_list_response_size),):
+            if isinstance(count, bool) or not isinstance(count, int) or count < 1:
+                raise ValueError(f"{name} must be a positive integer, got {count!r}")
         for name, value in positive.items():
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
                 raise ValueError(f"{name} must be a positive number, got {value!r}")

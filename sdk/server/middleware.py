@@ -1,6 +1,7 @@
 """``CBSTMiddleware``: capability-token protection for an MCP streamable-HTTP ASGI app.
 
-Per request on the MCP endpoint (design.md, issue 3, docs/sdk-server.md):
+Per request on the MCP endpoint (:class:`~sdk.server.endpoint.MCPEndpoint`; design.md,
+docs/sdk-server.md):
 
 1. ``OPTIONS`` (CORS preflight, no credentials) passes through; the RFC 9728 metadata is
    answered at the path and root well-known URIs.
@@ -13,14 +14,13 @@ Per request on the MCP endpoint (design.md, issue 3, docs/sdk-server.md):
 5. Each JSON-RPC message is checked against the token's capabilities (403
    ``insufficient_scope`` naming every capability the request needs); ``tools/call`` is rate
    limited per client (429 + ``Retry-After``).
-6. The request goes to the app with the body replayed; ``*/list`` results are filtered (JSON
-   bodies buffered, SSE rewritten event by event); every other response streams through.
-7. One audit event per message.
+6. The request goes to the app with the body replayed; ``*/list`` results are filtered
+   (:mod:`.list_filter`, bounded); every other response streams through.
+7. One audit event per message (:mod:`.audit`).
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from collections import OrderedDict
@@ -31,10 +31,11 @@ from ..access_token import AccessToken, InvalidToken
 from ..asgi import BodyTooLarge, read_body
 from ..jws import MAX_TOKEN_LENGTH
 from . import rpc
-from .audit import AuditEvent, LoggerSink
+from .audit import AuditRecorder, LoggerSink
 from .config import ProtectionConfig
 from .endpoint import route_path
 from .issuer import IssuerUnavailable
+from .list_filter import ListFilter, id_key
 from .metadata import bearer_challenge, metadata_body
 from .ratelimit import ToolRateLimiter
 from .verifier import TokenVerifier
@@ -52,7 +53,6 @@ ACCESS_TOKEN_SCOPE_KEY = "cbst.access_token"
 
 log = logging.getLogger("cbst.server")
 _JSON = b"application/json"
-_MAX_SSE_EVENT = 16 * 1024 * 1024
 
 
 class _Refusal(Exception):
@@ -111,10 +111,6 @@ def _repeated(names: list[bytes], config: ProtectionConfig) -> _Refusal:
     return _Refusal(400, "malformed", f"more than one {name} header", code=rpc.INVALID_REQUEST)
 
 
-def _id_key(value: Any) -> str:
-    return json.dumps(value)
-
-
 class CBSTMiddleware:
     """Pure ASGI middleware; see the module docstring and docs/sdk-server.md.
 
@@ -138,6 +134,7 @@ class CBSTMiddleware:
             max_clients=config.rate_limit_max_clients,
         )
         self.audit = config.audit or LoggerSink(config.audit_logger)
+        self.recorder = AuditRecorder(self.audit, log_arguments=config.log_tool_arguments)
         self._metadata = metadata_body(config)
         self._metadata_paths = config.metadata_paths
         self._endpoint = config.endpoint
@@ -222,9 +219,8 @@ class CBSTMiddleware:
             token = await self._authenticate(found, [])
         except _Refusal as refusal:
             await self._refuse(send, refusal)
-            self._emit(AuditEvent(time=started, allowed=False, reason=refusal.reason,
-                                  method=f"HTTP {scope['method']} {scope['path'][:200]}",
-                                  status=refusal.status, detail=refusal.detail, remote=_remote(scope)))
+            self.recorder.refused_request(scope, started, reason=refusal.reason, status=refusal.status,
+                                          detail=refusal.detail)
             return
         await self.app(self._inner_scope(scope, token), receive, send)
 
@@ -241,8 +237,8 @@ class CBSTMiddleware:
         is_batch = False
         generation: str | None = None
         token: AccessToken | None = None
-        raw_sid = found.get(b"mcp-session-id")
-        sid = raw_sid.decode("latin-1")[:256] if raw_sid is not None else None
+        sid_raw = found.get(b"mcp-session-id")
+        sid = sid_raw.decode("latin-1")[:256] if sid_raw is not None else None
         body = b""
         try:
             if repeated:  # first-copy and last-copy readers would disagree
@@ -263,8 +259,8 @@ class CBSTMiddleware:
             self._rate_limit(token, messages)
         except _Refusal as refusal:
             await self._refuse(send, refusal)
-            self._audit_messages(scope, started, t0, messages, token, sid, generation,
-                                 refusal.status, False, refusal.reason, refusal.detail)
+            self.recorder.messages(scope, started, t0, messages, token, _audit_sid(sid), generation,
+                                   refusal.status, False, refusal.reason, refusal.detail)
             return
 
         status_box: list[Any] = [0, sid]
@@ -282,14 +278,15 @@ class CBSTMiddleware:
 
         downstream: Send = send_status
         if list_ids:
-            downstream = _ListFilter(send_status, token.scope, list_ids, self.config.max_body_size)
+            downstream = ListFilter(send_status, token.scope, list_ids,
+                                    max_buffer=self.config.max_list_response_size)
         inner_receive = _replay(body, receive) if method == "POST" else receive
         try:
             await self.app(self._inner_scope(scope, token), inner_receive, downstream)
         finally:
             if messages:
-                self._audit_messages(scope, started, t0, messages, token, status_box[1], generation,
-                                     status_box[0] or None, True, "allowed", None)
+                self.recorder.messages(scope, started, t0, messages, token, _audit_sid(status_box[1]),
+                                       generation, status_box[0] or None, True, "allowed", None)
 
     def _inner_scope(self, scope: Scope, token: AccessToken) -> Scope:
         inner = dict(scope)
@@ -375,7 +372,7 @@ class CBSTMiddleware:
             if not rpc.allows(token.scope, msg, req):
                 denied.append(msg)
             elif req.list_method is not None and msg.kind == "request":
-                list_ids[_id_key(msg.id)] = req.list_method
+                list_ids[id_key(msg.id)] = req.list_method
         if denied:
             needed = [r.scope for r in requirements if r.scope]
             first = denied[0]
@@ -407,37 +404,9 @@ class CBSTMiddleware:
         body = rpc.error_body(refusal.request_id, refusal.code, refusal.message)
         await _respond(send, refusal.status, body, headers)
 
-    def _audit_messages(self, scope: Scope, started: float, t0: float, messages: list[rpc.Message],
-                        token: AccessToken | None, sid: str | None, generation: str | None,
-                        status: int | None, allowed: bool, reason: str, detail: str | None) -> None:
-        duration = round((time.perf_counter() - t0) * 1000, 3)
-        remote = _remote(scope)
-        gen = generation or ("handshake" if messages else None)
-        cid, sub, jti = (token.client_id, token.subject, token.jti) if token is not None else (None, None, None)
-        if not messages:
-            self._emit(AuditEvent(started, allowed, reason, f"HTTP {scope['method']}", None, None, sid, cid, sub,
-                                  jti, status, duration, gen, remote, detail))
-            return
-        log_args = self.config.log_tool_arguments
-        for msg in messages:
-            if msg.kind == "response":
-                continue
-            event = AuditEvent(started, allowed, reason, msg.method, msg.target, msg.id, sid, cid, sub, jti,
-                               status, duration, gen, remote, detail)
-            if log_args and msg.params is not None and "arguments" in msg.params:
-                event.arguments = msg.params["arguments"]
-            self._emit(event)
 
-    def _emit(self, event: AuditEvent) -> None:
-        try:
-            self.audit(event)
-        except Exception:  # noqa: BLE001 - a broken sink must not break requests
-            log.exception("cbst: audit sink failed")
-
-
-def _remote(scope: Scope) -> str | None:
-    client = scope.get("client")
-    return f"{client[0]}:{client[1]}" if client else None
+def _audit_sid(sid: str | None) -> str | None:
+    return sid[:256] if sid is not None else None
 
 
 async def _respond(send: Send, status: int, body: bytes, headers: list[tuple[bytes, bytes]], *,
@@ -462,109 +431,6 @@ def _replay(body: bytes, receive: Receive) -> Receive:
         return await receive()
 
     return inner
-
-
-class _ListFilter:
-    """Rewrites ``*/list`` results in a response: a JSON body is buffered (it is one list
-    result), an SSE stream is rewritten event by event (only the events that carry a list
-    result are re-encoded); anything else passes through untouched."""
-
-    def __init__(self, send: Send, scope: Any, list_ids: dict[str, str], max_body: int) -> None:
-        self.send, self.caps, self.list_ids = send, scope, list_ids
-        self.mode = "pass"
-        self.start: Message | None = None
-        self.chunks: list[bytes] = []
-        self.buffer = b""
-
-    async def __call__(self, message: Message) -> None:
-        kind = message["type"]
-        if kind == "http.response.start":
-            headers = message.get("headers") or []
-            ctype = (_header(headers, b"content-type") or b"").split(b";", 1)[0].strip().lower()
-            if ctype == _JSON:
-                self.mode, self.start = "json", message
-                return
-            if ctype == b"text/event-stream":
-                self.mode = "sse"
-                message = {**message, "headers": [(k, v) for k, v in headers if k != b"content-length"]}
-            await self.send(message)
-        elif kind == "http.response.body" and self.mode == "json":
-            self.chunks.append(message.get("body", b""))
-            if not message.get("more_body", False):
-                body = self._filter_json(b"".join(self.chunks))
-                assert self.start is not None
-                headers = [(k, v) for k, v in self.start.get("headers") or [] if k != b"content-length"]
-                headers.append((b"content-length", str(len(body)).encode()))
-                await self.send({**self.start, "headers": headers})
-                await self.send({"type": "http.response.body", "body": body, "more_body": False})
-        elif kind == "http.response.body" and self.mode == "sse":
-            more = message.get("more_body", False)
-            out = self._feed_sse(message.get("body", b""), final=not more)
-            if out or not more:
-                await self.send({"type": "http.response.body", "body": out, "more_body": more})
-        else:
-            await self.send(message)
-
-    def _filter_obj(self, obj: Any) -> tuple[Any, bool]:
-        if isinstance(obj, list):
-            changed = False
-            out = []
-            for item in obj:
-                new, c = self._filter_obj(item)
-                out.append(new)
-                changed |= c
-            return out, changed
-        if isinstance(obj, dict) and "result" in obj and "id" in obj:
-            method = self.list_ids.get(_id_key(obj["id"]))
-            if method is not None:
-                return {**obj, "result": rpc.filter_result(self.caps, method, obj["result"])}, True
-        return obj, False
-
-    def _filter_json(self, body: bytes) -> bytes:
-        try:
-            obj = json.loads(body)
-        except ValueError:
-            # Cannot read it, so cannot filter it: do not let it through.
-            return rpc.error_body(None, -32603, "unreadable list response withheld")
-        new, changed = self._filter_obj(obj)
-        return json.dumps(new, separators=(",", ":"), ensure_ascii=False).encode() if changed else body
-
-    def _feed_sse(self, chunk: bytes, *, final: bool) -> bytes:
-        self.buffer += chunk
-        out: list[bytes] = []
-        while True:
-            cut = -1
-            sep = b""
-            for candidate in (b"\r\n\r\n", b"\n\n", b"\r\r"):
-                i = self.buffer.find(candidate)
-                if i != -1 and (cut == -1 or i < cut):
-                    cut, sep = i, candidate
-            if cut == -1:
-                break
-            event, self.buffer = self.buffer[:cut], self.buffer[cut + len(sep):]
-            out.append(self._rewrite_event(event) + sep)
-        if final and self.buffer:
-            out.append(self._rewrite_event(self.buffer))
-            self.buffer = b""
-        elif len(self.buffer) > _MAX_SSE_EVENT:
-            self.buffer = b""  # an absurd event: drop it rather than pass it unfiltered
-        return b"".join(out)
-
-    def _rewrite_event(self, event: bytes) -> bytes:
-        lines = event.replace(b"\r\n", b"\n").replace(b"\r", b"\n").split(b"\n")
-        data = [ln[5:].removeprefix(b" ") for ln in lines if ln.startswith(b"data:")]
-        if not data:
-            return event
-        try:
-            obj = json.loads(b"\n".join(data))
-        except ValueError:
-            return event
-        new, changed = self._filter_obj(obj)
-        if not changed:
-            return event
-        others = [ln for ln in lines if not ln.startswith(b"data:")]
-        payload = json.dumps(new, separators=(",", ":"), ensure_ascii=False).encode()
-        return b"\r\n".join([*others, b"data: " + payload])
 
 
 def protect(app: ASGIApp, *, issuer: str, resource: str, **options: Any) -> CBSTMiddleware:

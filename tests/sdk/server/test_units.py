@@ -13,13 +13,20 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from sdk.access_token import AccessToken, InvalidToken, VerifiedTokenCache, check_claims, token_hash, verify_access_token
+from sdk.access_token import (
+    AccessToken,
+    InvalidToken,
+    VerifiedTokenCache,
+    check_claims,
+    token_hash,
+    verify_access_token,
+)
 from sdk.capabilities import CapabilitySet
 from sdk.jws import PrivateKey
 from sdk.server import ProtectionConfig, ToolRateLimiter, bearer_challenge
 from sdk.server import rpc as rpcmod
 from sdk.server.issuer import cache_lifetime, metadata_urls
-from sdk.server.middleware import _ListFilter
+from sdk.server.list_filter import ListFilter
 
 ISS = "https://idp.example"
 AUD = "https://mcp.example/mcp"
@@ -158,7 +165,7 @@ async def _run_filter(chunks: list[bytes], list_ids: dict[str, str]) -> bytes:
     async def send(m: dict[str, Any]) -> None:
         sent.append(m)
 
-    f = _ListFilter(send, CAPS, list_ids, 1 << 20)
+    f = ListFilter(send, CAPS, list_ids, max_buffer=1 << 20)
     await f({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"text/event-stream")]})
     for i, c in enumerate(chunks):
         await f({"type": "http.response.body", "body": c, "more_body": i < len(chunks) - 1})
@@ -200,7 +207,7 @@ def test_unreadable_json_list_response_is_withheld() -> None:
         async def send(m: dict[str, Any]) -> None:
             sent.append(m)
 
-        f = _ListFilter(send, CAPS, {"1": "tools/list"}, 1 << 20)
+        f = ListFilter(send, CAPS, {"1": "tools/list"}, max_buffer=1 << 20)
         await f({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"application/json")]})
         await f({"type": "http.response.body", "body": b'{"tools": [', "more_body": False})
         return sent[-1]["body"]
