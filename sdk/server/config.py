@@ -108,8 +108,11 @@ class ProtectionConfig:
     #: Paths outside the MCP endpoint served without a token (e.g. ``("/healthz",)``). Every
     #: other path of the wrapped app needs a valid token (capabilities are MCP-only).
     public_paths: Sequence[str] = ()
-    #: Sessions (``Mcp-Session-Id``) remembered and pinned to the client that opened them.
+    #: Sessions (``Mcp-Session-Id``) remembered and pinned to the client that opened them, in all
+    #: and per client (``client_id`` and subject). A session id the middleware did not see
+    #: created (or has forgotten) is answered 404, so its client starts a new session.
     max_sessions: int = 10_000
+    max_sessions_per_client: int = 100
     #: Most bytes of a ``*/list`` response buffered for filtering: the whole JSON body, or one
     #: SSE event. Beyond it the list request gets a JSON-RPC error (the result is withheld).
     max_list_response_size: int = 16 * 1024 * 1024
@@ -150,7 +153,8 @@ class ProtectionConfig:
             "revocation_poll_interval": self.revocation_poll_interval, "http_timeout": self.http_timeout,
             "rate_limit_max_clients": self.rate_limit_max_clients, "max_sessions": self.max_sessions,
         }
-        for name, count in (("max_list_response_size", self.max_list_response_size),):
+        for name, count in (("max_sessions_per_client", self.max_sessions_per_client),
+                            ("max_list_response_size", self.max_list_response_size)):
             if isinstance(count, bool) or not isinstance(count, int) or count < 1:
                 raise ValueError(f"{name} must be a positive integer, got {count!r}")
         for name, value in positive.items():

@@ -10,7 +10,8 @@ docs/sdk-server.md):
    2026-07-28 routing headers must agree with the body (400, ``-32020``).
 3. The bearer token is verified offline (401 + ``WWW-Authenticate``; 503 when the IdP cannot be
    reached to get keys or a fresh revocation list).
-4. A session id is pinned to the client that opened the session (403 for another client).
+4. A session id must be one the middleware saw created (404 otherwise) and belongs to the
+   client that opened it (403 for another client) — :mod:`.session_pins`.
 5. Each JSON-RPC message is checked against the token's capabilities (403
    ``insufficient_scope`` naming every capability the request needs); ``tools/call`` is rate
    limited per client (429 + ``Retry-After``).
@@ -23,7 +24,6 @@ from __future__ import annotations
 
 import logging
 import time
-from collections import OrderedDict
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
@@ -38,6 +38,7 @@ from .issuer import IssuerUnavailable
 from .list_filter import ListFilter, id_key
 from .metadata import bearer_challenge, metadata_body
 from .ratelimit import ToolRateLimiter
+from .session_pins import SessionPins
 from .verifier import TokenVerifier
 
 __all__ = ["ACCESS_TOKEN_SCOPE_KEY", "CBSTMiddleware", "protect"]
@@ -135,11 +136,12 @@ class CBSTMiddleware:
         )
         self.audit = config.audit or LoggerSink(config.audit_logger)
         self.recorder = AuditRecorder(self.audit, log_arguments=config.log_tool_arguments)
+        self.sessions = SessionPins(max_sessions=int(config.max_sessions),
+                                    max_per_client=config.max_sessions_per_client)
         self._metadata = metadata_body(config)
         self._metadata_paths = config.metadata_paths
         self._endpoint = config.endpoint
         self._public = frozenset(config.public_paths)
-        self._sessions: OrderedDict[str, tuple[str, str]] = OrderedDict()
 
     # --- entry ------------------------------------------------------------------------------
 
@@ -238,7 +240,7 @@ class CBSTMiddleware:
         generation: str | None = None
         token: AccessToken | None = None
         sid_raw = found.get(b"mcp-session-id")
-        sid = sid_raw.decode("latin-1")[:256] if sid_raw is not None else None
+        sid = sid_raw.decode("latin-1") if sid_raw is not None else None
         body = b""
         try:
             if repeated:  # first-copy and last-copy readers would disagree
@@ -264,16 +266,19 @@ class CBSTMiddleware:
             return
 
         status_box: list[Any] = [0, sid]
-        is_initialize = not is_batch and messages and messages[0].method == "initialize"
+        owner = (token.client_id, token.subject)
+        sessions = self.sessions
 
         async def send_status(message: Message) -> None:
             if message["type"] == "http.response.start":
-                status_box[0] = message["status"]
-                if is_initialize:
+                status = status_box[0] = message["status"]
+                if sid is None:  # a new session is pinned before its id reaches the client
                     new_sid = _header(message.get("headers") or [], b"mcp-session-id")
                     if new_sid is not None:
-                        status_box[1] = new_sid.decode("latin-1")[:256]
-                        self._pin(status_box[1], token)
+                        status_box[1] = new_sid.decode("latin-1")
+                        sessions.pin(status_box[1], owner)
+                elif status == 404 or (method == "DELETE" and 200 <= status < 300):
+                    sessions.forget(sid)  # the session ended, or the app no longer knows it
             await send(message)
 
         downstream: Send = send_status
@@ -346,21 +351,14 @@ class CBSTMiddleware:
 
     # --- sessions ------------------------------------------------------------------------------
 
-    def _pin(self, sid: str, token: AccessToken) -> None:
-        self._sessions[sid] = (token.client_id, token.subject)
-        self._sessions.move_to_end(sid)
-        while len(self._sessions) > self.config.max_sessions:
-            self._sessions.popitem(last=False)
-
     def _check_session(self, sid: str, token: AccessToken) -> None:
-        owner = self._sessions.get(sid)
-        if owner is None:
-            self._pin(sid, token)  # opened before we saw it (restart): first user owns it
-            return
+        owner = self.sessions.owner(sid)
+        if owner is None:  # never seen created (or forgotten): MCP says 404, start a new session
+            raise _Refusal(404, "unknown_session", "unknown session: start a new one with initialize",
+                           code=rpc.INVALID_REQUEST, detail=f"session {sid[:256]!r}")
         if owner != (token.client_id, token.subject):
             raise _Refusal(403, "session_mismatch", "this session belongs to another client",
                            code=rpc.FORBIDDEN)
-        self._sessions.move_to_end(sid)
 
     # --- capabilities and rate limits -----------------------------------------------------------
 
