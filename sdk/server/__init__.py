@@ -8,8 +8,8 @@
 See docs/sdk-server.md. The pieces are separate objects, each usable and testable alone:
 :class:`TokenVerifier` (offline verification + cache + revocation), :class:`IssuerClient`
 (metadata, JWKS, revocation list), :class:`ToolRateLimiter`, :class:`MCPEndpoint` (where MCP is
-served: route with it wherever MCP is served behind the middleware),
-:class:`SessionPins`, :class:`ListFilter`, :class:`AuditRecorder` and the
+served: route with it wherever MCP is served behind the middleware), :class:`OriginPolicy`
+(DNS rebinding), :class:`SessionPins`, :class:`ListFilter`, :class:`AuditRecorder` and the
 audit sink.
 """
 
@@ -21,6 +21,7 @@ from .issuer import IssuerClient, IssuerUnavailable
 from .list_filter import ListFilter
 from .metadata import bearer_challenge, protected_resource_metadata
 from .middleware import ACCESS_TOKEN_SCOPE_KEY, CBSTMiddleware, protect
+from .origin import OriginGuard, OriginPolicy
 from .ratelimit import ToolRateLimiter
 from .session_pins import SessionPins
 from .verifier import TokenVerifier
@@ -38,6 +39,8 @@ __all__ = [
     "ListFilter",
     "LoggerSink",
     "MCPEndpoint",
+    "OriginGuard",
+    "OriginPolicy",
     "ProtectionConfig",
     "SessionPins",
     "TokenVerifier",

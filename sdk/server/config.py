@@ -116,6 +116,12 @@ class ProtectionConfig:
     #: Most bytes of a ``*/list`` response buffered for filtering: the whole JSON body, or one
     #: SSE event. Beyond it the list request gets a JSON-RPC error (the result is withheld).
     max_list_response_size: int = 16 * 1024 * 1024
+    #: Browser origins (``scheme://host[:port]``) allowed to call the server (MCP transport: an
+    #: invalid ``Origin`` is refused with 403). ``None``: the resource's own origin, plus any
+    #: loopback origin when the resource is on loopback; ``["*"]``: any origin. Requests
+    #: without ``Origin`` (non-browser clients) always pass. On a loopback resource the ``Host``
+    #: must also be a loopback name (421 otherwise: DNS rebinding).
+    allowed_origins: Sequence[str] | None = None
     #: Timeout of each request to the IdP (metadata, JWKS, revocation list), seconds.
     http_timeout: float = 5.0
     #: HTTP client for the IdP requests (tests, proxies, custom TLS); default: a private one.
@@ -174,6 +180,14 @@ class ProtectionConfig:
                 raise ValueError(f"{name} must be a positive number or None, got {rate!r}")
         if self.audit is not None and not callable(self.audit):
             raise ValueError("audit must be a callable taking an AuditEvent")
+        if self.allowed_origins is not None:
+            from .origin import normalize_origin
+
+            if not isinstance(self.allowed_origins, (list, tuple)) or not all(
+                isinstance(o, str) and (o == "*" or normalize_origin(o) is not None) for o in self.allowed_origins
+            ):
+                raise ValueError('allowed_origins must be a sequence of origins ("https://app.example[:port]") '
+                                 'or ["*"], got ' + repr(self.allowed_origins))
         if not isinstance(self.public_paths, (list, tuple)) or not all(
             isinstance(p, str) and p.startswith("/") for p in self.public_paths
         ):

@@ -3,8 +3,10 @@
 Per request on the MCP endpoint (:class:`~sdk.server.endpoint.MCPEndpoint`; design.md,
 docs/sdk-server.md):
 
-1. ``OPTIONS`` (CORS preflight, no credentials) passes through; the RFC 9728 metadata is
-   answered at the path and root well-known URIs.
+1. ``Origin``/``Host`` (DNS rebinding, :mod:`.origin`): an invalid ``Origin`` is 403, a
+   non-loopback ``Host`` on a loopback resource 421. ``OPTIONS`` (CORS preflight, no
+   credentials) then passes through; the RFC 9728 metadata is answered at the path and root
+   well-known URIs.
 2. ``POST``: ``Content-Type`` must be ``application/json`` (415), the body at most
    ``max_body_size`` (413) and well-formed JSON-RPC (400, ``-32700``/``-32600``/``-32602``); the
    2026-07-28 routing headers must agree with the body (400, ``-32020``).
@@ -37,6 +39,7 @@ from .endpoint import route_path
 from .issuer import IssuerUnavailable
 from .list_filter import ListFilter, id_key
 from .metadata import bearer_challenge, metadata_body
+from .origin import OriginPolicy
 from .ratelimit import ToolRateLimiter
 from .session_pins import SessionPins
 from .verifier import TokenVerifier
@@ -86,7 +89,7 @@ def _header(headers: list[tuple[bytes, bytes]], name: bytes) -> bytes | None:
 
 #: Request headers the middleware reads; each may appear at most once.
 _WATCHED = frozenset({b"authorization", b"content-type", b"content-length", b"mcp-session-id",
-                      *rpc.ROUTING_HEADERS})
+                      b"origin", b"host", *rpc.ROUTING_HEADERS})
 
 
 def _collect(headers: list[tuple[bytes, bytes]]) -> tuple[dict[bytes, bytes], list[bytes]]:
@@ -136,6 +139,7 @@ class CBSTMiddleware:
         )
         self.audit = config.audit or LoggerSink(config.audit_logger)
         self.recorder = AuditRecorder(self.audit, log_arguments=config.log_tool_arguments)
+        self.origins = OriginPolicy(config.resource, config.allowed_origins)
         self.sessions = SessionPins(max_sessions=int(config.max_sessions),
                                     max_per_client=config.max_sessions_per_client)
         self._metadata = metadata_body(config)
@@ -210,14 +214,15 @@ class CBSTMiddleware:
 
     async def _other(self, scope: Scope, receive: Receive, send: Send) -> None:
         """Any other path of the wrapped app: a valid token, no capability check."""
-        if scope["method"] == "OPTIONS":
-            await self.app(scope, receive, send)
-            return
         started = time.time()
         try:
             found, repeated = _collect(scope["headers"])
             if repeated:
                 raise _repeated(repeated, self.config)
+            self._check_origin(found)
+            if scope["method"] == "OPTIONS":
+                await self.app(scope, receive, send)
+                return
             token = await self._authenticate(found, [])
         except _Refusal as refusal:
             await self._refuse(send, refusal)
@@ -230,9 +235,6 @@ class CBSTMiddleware:
 
     async def _mcp(self, scope: Scope, receive: Receive, send: Send) -> None:
         method = scope["method"]
-        if method == "OPTIONS":
-            await self.app(scope, receive, send)
-            return
         started, t0 = time.time(), time.perf_counter()
         found, repeated = _collect(scope["headers"])
         messages: list[rpc.Message] = []
@@ -245,6 +247,10 @@ class CBSTMiddleware:
         try:
             if repeated:  # first-copy and last-copy readers would disagree
                 raise _repeated(repeated, self.config)
+            self._check_origin(found)
+            if method == "OPTIONS":
+                await self.app(scope, receive, send)
+                return
             if method == "POST":
                 body = await self._read_body(found, receive)
                 try:
@@ -292,6 +298,13 @@ class CBSTMiddleware:
             if messages:
                 self.recorder.messages(scope, started, t0, messages, token, _audit_sid(status_box[1]),
                                        generation, status_box[0] or None, True, "allowed", None)
+
+    def _check_origin(self, found: dict[bytes, bytes]) -> None:
+        """MCP transport: an invalid Origin is 403; a loopback server answers only loopback names."""
+        refusal = self.origins.check(found.get(b"origin"), found.get(b"host"))
+        if refusal is not None:
+            raise _Refusal(refusal.status, refusal.reason, refusal.message, detail=refusal.detail,
+                           code=rpc.FORBIDDEN if refusal.status == 403 else rpc.INVALID_REQUEST)
 
     def _inner_scope(self, scope: Scope, token: AccessToken) -> Scope:
         inner = dict(scope)
