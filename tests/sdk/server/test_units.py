@@ -250,3 +250,12 @@ def test_metadata_urls_and_cache_lifetime() -> None:
     assert cache_lifetime({"cache-control": "max-age=999999"}, 10, 1000) == 1000
     assert cache_lifetime({"cache-control": "no-store"}, 10, 1000) == 0
     assert cache_lifetime({}, 10, 1000) == 10
+
+
+def test_every_option_is_documented() -> None:
+    import dataclasses
+    from pathlib import Path
+
+    doc = (Path(__file__).resolve().parents[3] / "docs" / "sdk-server.md").read_text()
+    missing = [f.name for f in dataclasses.fields(ProtectionConfig) if f"`{f.name}`" not in doc]
+    assert not missing, f"docs/sdk-server.md does not document: {missing}"
