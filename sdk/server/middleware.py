@@ -140,6 +140,7 @@ class CBSTMiddleware:
         self.audit = config.audit or LoggerSink(config.audit_logger)
         self.recorder = AuditRecorder(self.audit, log_arguments=config.log_tool_arguments)
         self.origins = OriginPolicy(config.resource, config.allowed_origins)
+        self._good_hosts = self.origins.good_hosts  # the common case, without a call
         self.sessions = SessionPins(max_sessions=int(config.max_sessions),
                                     max_per_client=config.max_sessions_per_client)
         self._metadata = metadata_body(config)
@@ -219,7 +220,9 @@ class CBSTMiddleware:
             found, repeated = _collect(scope["headers"])
             if repeated:
                 raise _repeated(repeated, self.config)
-            self._check_origin(found)
+            origin, host = found.get(b"origin"), found.get(b"host")
+            if origin is not None or (host is not None and host not in self._good_hosts):
+                self._check_origin(origin, host)
             if scope["method"] == "OPTIONS":
                 await self.app(scope, receive, send)
                 return
@@ -247,7 +250,9 @@ class CBSTMiddleware:
         try:
             if repeated:  # first-copy and last-copy readers would disagree
                 raise _repeated(repeated, self.config)
-            self._check_origin(found)
+            origin, host = found.get(b"origin"), found.get(b"host")
+            if origin is not None or (host is not None and host not in self._good_hosts):
+                self._check_origin(origin, host)
             if method == "OPTIONS":
                 await self.app(scope, receive, send)
                 return
@@ -272,7 +277,6 @@ class CBSTMiddleware:
             return
 
         status_box: list[Any] = [0, sid]
-        owner = (token.client_id, token.subject)
         sessions = self.sessions
 
         async def send_status(message: Message) -> None:
@@ -282,7 +286,7 @@ class CBSTMiddleware:
                     new_sid = _header(message.get("headers") or [], b"mcp-session-id")
                     if new_sid is not None:
                         status_box[1] = new_sid.decode("latin-1")
-                        sessions.pin(status_box[1], owner)
+                        sessions.pin(status_box[1], (token.client_id, token.subject))
                 elif status == 404 or (method == "DELETE" and 200 <= status < 300):
                     sessions.forget(sid)  # the session ended, or the app no longer knows it
             await send(message)
@@ -299,9 +303,9 @@ class CBSTMiddleware:
                 self.recorder.messages(scope, started, t0, messages, token, _audit_sid(status_box[1]),
                                        generation, status_box[0] or None, True, "allowed", None)
 
-    def _check_origin(self, found: dict[bytes, bytes]) -> None:
+    def _check_origin(self, origin: bytes | None, host: bytes | None) -> None:
         """MCP transport: an invalid Origin is 403; a loopback server answers only loopback names."""
-        refusal = self.origins.check(found.get(b"origin"), found.get(b"host"))
+        refusal = self.origins.check(origin, host)
         if refusal is not None:
             raise _Refusal(refusal.status, refusal.reason, refusal.message, detail=refusal.detail,
                            code=rpc.FORBIDDEN if refusal.status == 403 else rpc.INVALID_REQUEST)

@@ -73,14 +73,18 @@ class OriginRefusal(NamedTuple):
 class OriginPolicy:
     """Decides on a request's ``Origin`` and ``Host`` headers (raw bytes, as ASGI gives them)."""
 
-    __slots__ = ("_hosts", "allow_any", "allowed", "check_host", "loopback_origins")
+    __slots__ = ("_bad_hosts", "_good_origins", "allow_any", "allowed", "check_host", "good_hosts",
+                 "loopback_origins")
 
     def __init__(self, resource: str, allowed_origins: Sequence[str] | None = None) -> None:
         parts = urlsplit(resource)
         own = normalize_origin(f"{parts.scheme}://{parts.netloc}")
         loopback = _is_loopback(parts.hostname)
         self.check_host = loopback
-        self._hosts: dict[bytes, bool] = {}  # Host values seen -> allowed (a server sees few)
+        #: ``Host`` values already judged (a server sees few distinct ones; both sets bounded).
+        self.good_hosts: set[bytes] = set()
+        self._bad_hosts: set[bytes] = set()
+        self._good_origins: set[bytes] = set()
         if allowed_origins is None:
             self.allow_any = False
             self.allowed = frozenset({own} if own else ())
@@ -92,18 +96,21 @@ class OriginPolicy:
 
     def check(self, origin: bytes | None, host: bytes | None) -> OriginRefusal | None:
         """None when the request may proceed; else how to refuse it."""
-        if origin is not None and not self.origin_allowed(origin):
-            return OriginRefusal(403, "invalid_origin", "requests from this Origin are not allowed",
-                                 f"Origin {origin[:200].decode('latin-1')!r}")
-        if self.check_host and host is not None:
-            allowed = self._hosts.get(host)
-            if allowed is None:
-                allowed = self.host_allowed(host)
-                if len(self._hosts) < 64:
-                    self._hosts[host] = allowed
-            if not allowed:
+        if origin is not None and origin not in self._good_origins:
+            if self.origin_allowed(origin):
+                if len(self._good_origins) < 64:
+                    self._good_origins.add(origin)
+            else:
+                return OriginRefusal(403, "invalid_origin", "requests from this Origin are not allowed",
+                                     f"Origin {origin[:200].decode('latin-1')!r}")
+        if host is not None and host not in self.good_hosts:
+            if host in self._bad_hosts or not self.host_allowed(host):
+                if len(self._bad_hosts) < 64:
+                    self._bad_hosts.add(host)
                 return OriginRefusal(421, "invalid_host", "this server does not answer for this Host",
                                      f"Host {host[:200].decode('latin-1')!r}")
+            if len(self.good_hosts) < 64:
+                self.good_hosts.add(host)
         return None
 
     def origin_allowed(self, raw: bytes | None) -> bool:
