@@ -259,3 +259,36 @@ def test_every_option_is_documented() -> None:
     doc = (Path(__file__).resolve().parents[3] / "docs" / "sdk-server.md").read_text()
     missing = [f.name for f in dataclasses.fields(ProtectionConfig) if f"`{f.name}`" not in doc]
     assert not missing, f"docs/sdk-server.md does not document: {missing}"
+
+
+def test_the_mcp_endpoint_is_the_path_and_one_trailing_slash_nothing_else() -> None:
+    from sdk.server import MCPEndpoint, route_path
+
+    ep = MCPEndpoint("/mcp/")
+    assert ep.path == "/mcp" and ep.matches("/mcp") and ep.matches("/mcp/")
+    for other in ("//mcp", "/mcp//", "/./mcp", "/MCP", "/mcp;x", "/mcp/.", "/x/../mcp", "/mcp%2F", "", "mcp"):
+        assert not ep.matches(other), other
+    assert MCPEndpoint("/").matches("/") and not MCPEndpoint("/").matches("//")
+    assert route_path({"path": "/api/mcp", "root_path": "/api"}) == "/mcp"
+    assert ep.serves({"path": "/api/mcp/", "root_path": "/api"})
+    assert not ep.serves({"path": "/api//mcp", "root_path": "/api"})
+    config = ProtectionConfig(issuer="http://127.0.0.1:1", resource="http://127.0.0.1:2/mcp", mcp_path="/rpc")
+    assert config.is_mcp_endpoint("/rpc/") and not config.is_mcp_endpoint("/mcp")
+    with pytest.raises(ValueError):
+        MCPEndpoint("mcp")
+
+
+def test_session_pins_are_bounded_per_client_and_never_evict_another_clients_pin() -> None:
+    from sdk.server import SessionPins
+
+    pins = SessionPins(max_sessions=4, max_per_client=3)
+    alice, mallory = ("alice", "a"), ("mallory", "m")
+    pins.pin("a1", alice)
+    for i in range(50):
+        pins.pin(f"m{i}", mallory)
+    assert pins.owner("a1") == alice and len(pins) == 4  # mallory only ever evicted her own
+    assert [pins.owner(f"m{i}") for i in (46, 47, 48, 49)] == [None, mallory, mallory, mallory]
+    pins.pin("a1", mallory)  # an id keeps its first owner
+    assert pins.owner("a1") == alice
+    pins.forget("a1")
+    assert pins.owner("a1") is None and len(pins) == 3
