@@ -60,12 +60,12 @@ def test_every_path_to_the_mcp_handler_is_enforced(idp: IdP, gateway_process: An
     gateway_process("--issuer", idp.url, "--resource", resource, "--upstream", upstream,
                     "--tool-rate", "1000", "--log-level", "warning", port=port)
     token = idp.token("tools/call:echo", resource)  # valid, but does not allow delete-file
-    call = {"jsonrpc": "2.0", "id": 7, "method": "tools/call",
-            "params": {"name": "delete-file", "arguments": {"path": "/etc/passwd"}}}
+    params: dict[str, Any] = {"name": "delete-file", "arguments": {"path": "/etc/passwd"}}
+    call = {"jsonrpc": "2.0", "id": 7, "method": "tools/call", "params": params}
     headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/json",
                "Accept": "application/json, text/event-stream", "MCP-Protocol-Version": generation}
     if generation == "2026-07-28":
-        call["params"]["_meta"] = {"io.modelcontextprotocol/protocolVersion": generation,
+        params["_meta"] = {"io.modelcontextprotocol/protocolVersion": generation,
                                    "io.modelcontextprotocol/clientCapabilities": {}}
         headers |= {"Mcp-Method": "tools/call", "Mcp-Name": "delete-file"}
     body = json.dumps(call).encode()

@@ -85,6 +85,7 @@ async def test_the_bound_is_configurable_and_validated(idp: IdP) -> None:
         resp = await client.post("/mcp", json=rpc("tools/list", id=1), headers=legacy_headers(token))
     await mw.aclose()
     assert resp.status_code == 502 and str(64 * 1024) in resp.json()["error"]["message"]
+    bad: Any
     for bad in (0, -1, "1", True):
         with pytest.raises(ValueError, match="max_list_response_size"):
             ProtectionConfig(issuer=idp.url, resource=RES, max_list_response_size=bad)

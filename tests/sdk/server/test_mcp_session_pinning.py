@@ -147,6 +147,7 @@ def test_a_deleted_session_is_forgotten(idp: IdP, mcp_server: MCPUnderTest) -> N
 def test_session_limits_are_validated() -> None:
     import pytest
 
+    bad: Any
     for bad in (0, -1, 1.5, True):
         with pytest.raises(ValueError, match="max_sessions_per_client"):
             ProtectionConfig(issuer="http://127.0.0.1:1", resource="http://127.0.0.1:2/mcp",
