@@ -34,7 +34,7 @@ def _is_loopback(host: str | None) -> bool:
 
 def _check_url(name: str, value: str, *, allow_http: bool) -> None:
     if not isinstance(value, str):
-        raise ValueError(f"{name} must be a string URL")  # noqa: TRY004 - config errors are ValueErrors
+        raise ValueError(f"{name} must be a string URL")
     parts = urlsplit(value)
     if parts.scheme not in ("https", "http") or not parts.netloc or parts.fragment:
         raise ValueError(f"{name} must be an absolute http(s) URL without fragment, got {value!r}")

@@ -27,7 +27,7 @@ from collections.abc import Awaitable, Callable, MutableMapping, Sequence
 from typing import Any, NamedTuple
 from urllib.parse import urlsplit
 
-from .config import _is_loopback
+from ..net import is_loopback as _is_loopback
 
 __all__ = ["OriginGuard", "OriginPolicy", "OriginRefusal", "normalize_origin"]
 

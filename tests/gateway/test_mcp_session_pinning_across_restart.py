@@ -45,7 +45,8 @@ def test_a_restarted_gateway_refuses_sessions_it_did_not_see_created(
     gateway_process(*args, port=port)  # the same gateway, restarted: the upstream session lives on
 
     before = len(recorder.seen)
-    call = {"jsonrpc": "2.0", "id": 2, "method": "tools/call", "params": {"name": "echo", "arguments": {"text": "mine"}}}
+    call = {"jsonrpc": "2.0", "id": 2, "method": "tools/call",
+            "params": {"name": "echo", "arguments": {"text": "mine"}}}
     hijack = httpx.post(resource, json=call, headers=_auth(mallory, sid))
     assert hijack.status_code == 404, hijack.text
     assert "mine" not in hijack.text

@@ -28,7 +28,8 @@ PING = rpc("ping")
 
 
 @contextlib.asynccontextmanager
-async def protected(idp: IdP, resource: str = RES, **options: Any) -> AsyncIterator[tuple[httpx.AsyncClient, RecordingApp]]:
+async def protected(idp: IdP, resource: str = RES,
+                    **options: Any) -> AsyncIterator[tuple[httpx.AsyncClient, RecordingApp]]:
     app = RecordingApp()
     mw = CBSTMiddleware(app, ProtectionConfig(issuer=idp.url, resource=resource, allow_insecure_http=True,
                                               **options))
@@ -92,7 +93,8 @@ async def test_dns_rebinding_host_is_refused_on_a_loopback_resource(idp: IdP, to
 @pytest.mark.parametrize("host", ["127.0.0.1:9", "localhost:9", "[::1]:9", "127.0.0.1"])
 async def test_loopback_host_names_pass(idp: IdP, token: str, host: str) -> None:
     async with protected(idp) as (client, _):
-        assert (await client.post("/mcp", json=PING, headers={**legacy_headers(token), "Host": host})).status_code == 200
+        resp = await client.post("/mcp", json=PING, headers={**legacy_headers(token), "Host": host})
+        assert resp.status_code == 200
 
 
 async def test_a_public_resource_allows_its_own_origin_only_and_any_host(idp: IdP) -> None:
