@@ -119,8 +119,10 @@ async def serve(args: argparse.Namespace) -> int:
             print(f"cbst-gateway: error: {exc}", file=sys.stderr, flush=True)
             return 1
     try:
-        if config is None:
-            app: Any = inner
+        if config is None:  # no tokens, but still no DNS rebinding (MCP transport: Origin check)
+            from sdk.server.origin import OriginGuard
+
+            app: Any = OriginGuard(inner, resource=args.resource)
         else:
             from sdk.server import CBSTMiddleware
 

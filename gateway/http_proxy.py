@@ -19,6 +19,7 @@ import anyio
 import httpx
 
 from sdk.asgi import BodyTooLarge, Receive, Scope, Send, read_body
+from sdk.server.endpoint import MCPEndpoint
 
 from . import _jsonrpc as rpc
 from ._lifespan import serve_lifespan
@@ -59,6 +60,7 @@ class HTTPUpstreamProxy:
             raise GatewayConfigError("timeouts must be positive")
         self.upstream = str(url)
         self.path = path
+        self.endpoint = MCPEndpoint(path)
         self.timeout = timeout
         self.connect_timeout = connect_timeout
         self.max_request_body = max_request_body
@@ -90,7 +92,7 @@ class HTTPUpstreamProxy:
         if scope["path"] == HEALTH_PATH and scope["method"] == "GET":
             await rpc.send_json(send, 200, {"status": "ok"})  # public: no upstream address
             return
-        if scope["path"].rstrip("/") != self.path.rstrip("/"):
+        if not self.endpoint.serves(scope):  # the middleware's own definition of the endpoint
             await rpc.send_json(send, 404, rpc.error(None, rpc.INVALID_REQUEST, f"no MCP endpoint at {scope['path']}"))
             return
         method = scope["method"]

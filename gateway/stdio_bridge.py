@@ -32,6 +32,7 @@ from typing import Any
 
 from sdk import mcp_protocol as protocol
 from sdk.asgi import BodyTooLarge, Receive, Scope, Send, read_body
+from sdk.server.endpoint import MCPEndpoint
 
 from . import _jsonrpc as rpc
 from ._lifespan import serve_lifespan
@@ -72,6 +73,7 @@ class StdioBridge:
         if not path.startswith("/"):
             raise GatewayConfigError(f"path must start with '/', got {path!r}")
         self.path = path
+        self.endpoint = MCPEndpoint(path)
         self.max_sessions = max_sessions
         self.session_idle_timeout = session_idle_timeout
         self.max_request_body = max_request_body
@@ -117,7 +119,7 @@ class StdioBridge:
         if scope["path"] == HEALTH_PATH and scope["method"] == "GET":
             await self._health(send)
             return
-        if scope["path"].rstrip("/") != self.path.rstrip("/"):
+        if not self.endpoint.serves(scope):  # the middleware's own definition of the endpoint
             await rpc.send_json(send, 404, rpc.error(None, rpc.INVALID_REQUEST, f"no MCP endpoint at {scope['path']}"))
             return
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
