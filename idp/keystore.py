@@ -27,11 +27,13 @@ from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
 
 from sdk.jws import b64url_decode, b64url_encode
 
+from .errors import IdPError
+
 KEK_FILE = "kek"
 _SCRYPT_N, _SCRYPT_R, _SCRYPT_P = 2**15, 8, 1
 
 
-class KeystoreError(RuntimeError):
+class KeystoreError(IdPError, RuntimeError):
     """The keystore cannot be opened or an envelope cannot be decrypted."""
 
 
@@ -61,10 +63,7 @@ class Keystore:
         if not path.exists():
             if not create:
                 raise KeystoreError(f"no keystore KEK at {path} and none configured")
-            try:
-                path.parent.mkdir(parents=True, exist_ok=True)
-            except OSError as exc:
-                raise KeystoreError(f"cannot create the keys directory {path.parent}: {exc.strerror}") from None
+            _make_private_dir(path.parent)
             # Write the whole key to a private temporary file, then link it into place: the
             # link is atomic, so a process starting at the same moment sees either no file or
             # a complete one (never the empty file an O_EXCL create leaves before its write).
@@ -81,11 +80,20 @@ class Keystore:
                     os.link(tmp, path)
                 except FileExistsError:  # another process created it first: use theirs
                     pass
+            except OSError as exc:  # e.g. a full disk: the partial temporary file goes below
+                raise KeystoreError(f"cannot write the keystore KEK {path}: {exc.strerror}") from None
             finally:
                 os.unlink(tmp)
-        if path.stat().st_mode & 0o077:
-            raise KeystoreError(f"{path} must be readable by its owner only (chmod 600)")
-        raw = b64url_decode(path.read_text().strip())
+        try:
+            if path.stat().st_mode & 0o077:
+                raise KeystoreError(f"{path} must be readable by its owner only (chmod 600)")
+            text = path.read_text()
+        except OSError as exc:
+            raise KeystoreError(f"cannot read the keystore KEK {path}: {exc.strerror}") from None
+        try:
+            raw = b64url_decode(text.strip())
+        except ValueError:
+            raw = b""
         if len(raw) != 32:
             raise KeystoreError(f"{path} does not hold a 32-byte key")
         return cls(f"file:{path}", _kek=raw)
@@ -93,7 +101,8 @@ class Keystore:
     def _key(self, salt: bytes | None) -> bytes:
         if self._kek is not None:
             return self._kek
-        assert self._passphrase is not None and salt is not None
+        if self._passphrase is None or salt is None:
+            raise KeystoreError("a passphrase keystore needs the envelope's salt")
         return Scrypt(salt=salt, length=32, n=_SCRYPT_N, r=_SCRYPT_R, p=_SCRYPT_P).derive(self._passphrase)
 
     def seal(self, plaintext: bytes, *, kid: str) -> str:
@@ -118,3 +127,16 @@ class Keystore:
             raise KeystoreError(f"cannot decrypt key {kid}: wrong passphrase/KEK for this database") from None
         except (KeyError, ValueError, TypeError) as exc:
             raise KeystoreError(f"corrupt keystore envelope for key {kid}: {exc}") from None
+
+
+def _make_private_dir(path: Path) -> None:
+    """Create the keys directory owner-only (0700) whatever the umask; an existing one is left as is."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            path.mkdir(mode=0o700)
+        except FileExistsError:
+            return
+        os.chmod(path, 0o700)  # mkdir's mode is filtered by the umask
+    except OSError as exc:
+        raise KeystoreError(f"cannot create the keys directory {path}: {exc.strerror}") from None
