@@ -6,7 +6,7 @@ import contextlib
 import datetime as dt
 import json
 import sys
-from collections.abc import Iterator
+from collections.abc import Collection, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 
@@ -14,6 +14,8 @@ import typer
 from pydantic import ValidationError
 from rich.console import Console
 from rich.markup import escape
+from rich.table import Table
+from rich.text import Text
 
 from .. import logs
 from ..config import Settings
@@ -26,6 +28,7 @@ if TYPE_CHECKING:
 JsonOpt = Annotated[bool, typer.Option("--json", help="Machine-readable JSON output.")]
 
 out = Console(highlight=False, soft_wrap=True)
+_FOLD_WIDTH = 20  # narrowest a folding table cell gets (a timestamp, "client_secret_basic")
 err = Console(stderr=True, highlight=False, soft_wrap=True)
 
 
@@ -39,7 +42,7 @@ def fail(message: str, *, as_json: bool = False, code: int = 1) -> NoReturn:
 
 def load_settings(as_json: bool = False) -> Settings:
     try:
-        return Settings()
+        return Settings()  # type: ignore[call-arg]  # pydantic-settings fills it from the environment
     except (ValidationError, ValueError) as exc:
         fail(f"invalid configuration: {_describe(exc)}", as_json=as_json)
 
@@ -117,6 +120,27 @@ def provider(as_json: bool = False, *, initial_key: bool = False) -> Iterator[Pr
     finally:
         if prov is not None:
             prov.close()
+
+
+def print_table(headers: Sequence[str], rows: Iterable[Sequence[str]], *, ids: Collection[str] = (),
+                **options: Any) -> None:
+    """Print rows (console markup) as a table. The ``ids`` columns hold what a user types next
+    (a client_id, a kid): never cut, never wrapped. Other cells fold rather than being elided;
+    on a narrow terminal the table is wider than the screen rather than squeezed to nothing."""
+    rows = list(rows)
+    table = Table(**options)
+    widths = []
+    for i, header in enumerate(headers):
+        longest = max([len(header), *(Text.from_markup(row[i]).cell_len for row in rows)])
+        if header in ids:
+            table.add_column(header, no_wrap=True, min_width=longest)
+            widths.append(longest)
+        else:
+            widths.append(min(longest, _FOLD_WIDTH))
+            table.add_column(header, overflow="fold", min_width=widths[-1])
+    for row in rows:
+        table.add_row(*row)
+    out.print(table, width=max(out.width, sum(widths) + 3 * len(widths) + 1))  # + padding and rules
 
 
 def emit_json(data: Any) -> None:
