@@ -89,7 +89,8 @@ def failure_message(exc: BaseException, settings: Settings) -> str:
     return str(exc)
 
 
-def _expected(exc: BaseException) -> bool:
+def expected_failure(exc: BaseException) -> bool:
+    """A failure to report in one line (the rest are bugs and keep their traceback)."""
     from sqlalchemy.exc import SQLAlchemyError
 
     if isinstance(exc, ModuleNotFoundError):
@@ -114,7 +115,7 @@ def provider(as_json: bool = False, *, initial_key: bool = False) -> Iterator[Pr
             prov.keys.refresh(force=True)
         yield prov
     except Exception as exc:
-        if not _expected(exc):
+        if not expected_failure(exc):
             raise
         fail(failure_message(exc, settings), as_json=as_json)
     finally:
