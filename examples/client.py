@@ -22,6 +22,9 @@ client step up (ask the IdP for the union of its scope and the challenged one) o
 
 ``--mode legacy`` forces the handshake generation (``initialize``); the default ``auto`` uses
 the 2026-07-28 generation when the server offers it.
+
+Bad input is a usage error; an IdP or server that is down or broken is one line on stderr and
+exit status 1 (``--verbose`` also prints the MCP SDK's own log records).
 """
 
 from __future__ import annotations
