@@ -4,17 +4,30 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 from rich.markup import escape
 from rich.table import Table
 
+from sdk.capabilities import CapabilityError, CapabilitySet, capability_warnings
+
 from ..clients import AUTH_METHODS, ClientError, ClientRecord
-from .common import JsonOpt, emit_json, fail, out, print_table, provider, when
+from .common import JsonOpt, emit_json, err, fail, out, print_table, provider, when
 
 app = typer.Typer(help="Register and manage clients.", no_args_is_help=True)
 Ref = Annotated[str, typer.Argument(help="client_id or name")]
+
+
+def check_capabilities(capabilities: str, as_json: bool) -> None:
+    """Refuse methods MCP does not have (a typo would be stored as a capability that allows
+    nothing) with a "did you mean"; warn on commas, which do not separate capabilities."""
+    try:
+        caps = CapabilitySet.parse(capabilities, strict=True)
+    except CapabilityError as exc:
+        fail(str(exc), as_json=as_json)
+    for warning in capability_warnings(caps):
+        err.print(f"[yellow]warning:[/] {escape(warning)}")
 
 
 def _show(client: ClientRecord, secret: str | None = None) -> None:
@@ -38,9 +51,9 @@ def _show(client: ClientRecord, secret: str | None = None) -> None:
 def add(
     name: Annotated[str, typer.Argument(help="Unique client name.")],
     capabilities: Annotated[str, typer.Option("--capabilities", help='Space-separated, e.g. "tools/call:* resources/read:file:///docs/**".')],
-    audience: Annotated[Optional[list[str]], typer.Option("--audience", help="Resource URI the client may get tokens for (repeatable).")] = None,
+    audience: Annotated[list[str] | None, typer.Option("--audience", help="Resource URI the client may get tokens for (repeatable).")] = None,
     auth: Annotated[str, typer.Option("--auth", help=f"Authentication method: {', '.join(AUTH_METHODS)}.")] = "client_secret_basic",
-    jwks: Annotated[Optional[Path], typer.Option("--jwks", help="JWKS file with the client's public keys (private_key_jwt).", dir_okay=False)] = None,
+    jwks: Annotated[Path | None, typer.Option("--jwks", help="JWKS file with the client's public keys (private_key_jwt).", dir_okay=False)] = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Register a client and print its client_id (and, once, its generated secret)."""
@@ -50,6 +63,7 @@ def add(
             jwks_doc = json.loads(jwks.read_text())
         except (OSError, ValueError) as exc:
             fail(f"cannot read JWKS {jwks}: {exc}", as_json=as_json)
+    check_capabilities(capabilities, as_json)
     with provider(as_json) as prov:
         try:
             client, secret = prov.clients.add(name, capabilities=capabilities, audiences=audience or [],

@@ -6,7 +6,6 @@ fails loudly (``ValueError``) on a bad configuration, so a misconfigured server 
 
 from __future__ import annotations
 
-import ipaddress
 import logging
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -26,14 +25,9 @@ _WELL_KNOWN = "/.well-known/oauth-protected-resource"
 
 
 def _is_loopback(host: str | None) -> bool:
-    if not host:
-        return False
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False
+    from ..net import is_loopback  # one definition, shared with the gateway
+
+    return is_loopback(host)
 
 
 def _check_url(name: str, value: str, *, allow_http: bool) -> None:

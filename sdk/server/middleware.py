@@ -28,6 +28,7 @@ from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
 from ..access_token import AccessToken, InvalidToken
+from ..asgi import BodyTooLarge, read_body
 from ..jws import MAX_TOKEN_LENGTH
 from . import rpc
 from .audit import AuditEvent, LoggerSink
@@ -313,20 +314,13 @@ class CBSTMiddleware:
             if int(declared) > limit:
                 raise _Refusal(413, "too_large", f"request body larger than {limit} bytes",
                                code=rpc.INVALID_REQUEST)
-        chunks: list[bytes] = []
-        size = 0
-        while True:
-            message = await receive()
-            if message["type"] == "http.disconnect":
-                raise _Refusal(400, "disconnected", "client disconnected", code=rpc.INVALID_REQUEST)
-            chunk = message.get("body", b"")
-            size += len(chunk)
-            if size > limit:
-                raise _Refusal(413, "too_large", f"request body larger than {limit} bytes",
-                               code=rpc.INVALID_REQUEST)
-            chunks.append(chunk)
-            if not message.get("more_body", False):
-                return b"".join(chunks) if len(chunks) != 1 else chunks[0]
+        try:
+            body = await read_body(receive, limit)
+        except BodyTooLarge as exc:
+            raise _Refusal(413, "too_large", str(exc), code=rpc.INVALID_REQUEST) from None
+        if body is None:
+            raise _Refusal(400, "disconnected", "client disconnected", code=rpc.INVALID_REQUEST)
+        return body
 
     async def _authenticate(self, found: dict[bytes, bytes],
                             requirements: list[rpc.Requirement]) -> AccessToken:
