@@ -126,7 +126,7 @@ async def step(label: str, coro: Any) -> Any:
         result = await coro
     except TokenError:
         raise
-    except Exception as exc:  # noqa: BLE001 - print the refusal and go on
+    except Exception as exc:
         print(f"{label}: refused — {exc}")
         return None
     return result
@@ -150,7 +150,7 @@ async def main(argv: list[str] | None = None) -> int:
 
     try:
         return await session(client_for(creds, args), creds, args)
-    except Exception as exc:  # noqa: BLE001 - the MCP SDK wraps failures in ExceptionGroups
+    except Exception as exc:
         if (cause := _find(exc, (httpx2.TransportError, OSError))) is not None:
             print(f"cannot reach the MCP server at {args.server}: {cause or type(cause).__name__}", file=sys.stderr)
         elif (cause := _find(exc, (TokenError,))) is not None:  # a step-up the IdP refused, or an IdP gone

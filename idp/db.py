@@ -22,7 +22,7 @@ def normalize_url(url: str) -> str:
     """Accept plain ``postgresql://`` URLs and use the psycopg 3 driver for them."""
     try:
         parsed = make_url(url)
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:
         raise DatabaseError(f"invalid database URL: {exc}") from None
     if parsed.drivername in ("postgresql", "postgres"):
         parsed = parsed.set(drivername="postgresql+psycopg")

@@ -14,6 +14,7 @@ key (KEK) comes from, in order:
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import os
 import secrets
@@ -46,7 +47,8 @@ class Keystore:
     _passphrase: bytes | None = None
 
     @classmethod
-    def open(cls, *, keys_dir: Path, kek: str | None = None, passphrase: str | None = None, create: bool = True) -> Keystore:
+    def open(cls, *, keys_dir: Path, kek: str | None = None, passphrase: str | None = None,
+             create: bool = True) -> Keystore:
         if kek:
             try:
                 raw = base64.urlsafe_b64decode(kek + "=" * (-len(kek) % 4))
@@ -76,10 +78,8 @@ class Keystore:
                     fh.write(b64url_encode(secrets.token_bytes(32)) + "\n")
                     fh.flush()
                     os.fsync(fh.fileno())
-                try:
+                with contextlib.suppress(FileExistsError):  # another process created it first: use theirs
                     os.link(tmp, path)
-                except FileExistsError:  # another process created it first: use theirs
-                    pass
             except OSError as exc:  # e.g. a full disk: the partial temporary file goes below
                 raise KeystoreError(f"cannot write the keystore KEK {path}: {exc.strerror}") from None
             finally:
@@ -109,7 +109,8 @@ class Keystore:
         salt = secrets.token_bytes(16) if self._passphrase is not None else None
         nonce = secrets.token_bytes(12)
         ct = AESGCM(self._key(salt)).encrypt(nonce, plaintext, kid.encode("utf-8"))
-        env = {"v": 1, "enc": "A256GCM", "kdf": "scrypt" if salt else "kek", "nonce": b64url_encode(nonce), "ct": b64url_encode(ct)}
+        env = {"v": 1, "enc": "A256GCM", "kdf": "scrypt" if salt else "kek", "nonce": b64url_encode(nonce),
+               "ct": b64url_encode(ct)}
         if salt:
             env.update(salt=b64url_encode(salt), n=_SCRYPT_N, r=_SCRYPT_R, p=_SCRYPT_P)
         return json.dumps(env, separators=(",", ":"))
@@ -122,7 +123,8 @@ class Keystore:
                 raise KeystoreError(
                     f"key {kid} was sealed with a {env.get('kdf')} keystore; this process has a {self.source} one"
                 )
-            return AESGCM(self._key(salt)).decrypt(b64url_decode(env["nonce"]), b64url_decode(env["ct"]), kid.encode("utf-8"))
+            return AESGCM(self._key(salt)).decrypt(b64url_decode(env["nonce"]), b64url_decode(env["ct"]),
+                                                   kid.encode("utf-8"))
         except InvalidTag:
             raise KeystoreError(f"cannot decrypt key {kid}: wrong passphrase/KEK for this database") from None
         except (KeyError, ValueError, TypeError) as exc:

@@ -72,9 +72,12 @@ def _print(row: dict[str, Any], as_json: bool) -> None:
 def tail(
     lines: Annotated[int, typer.Option("-n", "--lines", min=1, max=10000, help="How many recent records.")] = 20,
     follow: Annotated[bool, typer.Option("--follow", "-f", help="Keep printing new records.")] = False,
-    event: Annotated[str | None, typer.Option("--event", help="Filter by event, '*' as wildcard (e.g. 'token.*').")] = None,
-    client: Annotated[str | None, typer.Option("--client", help="Filter by client (client_id, or a registered name).")] = None,
-    interval: Annotated[float, typer.Option("--interval", min=0.1, help="Polling interval with --follow, seconds.")] = 1.0,
+    event: Annotated[str | None, typer.Option(
+        "--event", help="Filter by event, '*' as wildcard (e.g. 'token.*').")] = None,
+    client: Annotated[str | None, typer.Option(
+        "--client", help="Filter by client (client_id, or a registered name).")] = None,
+    interval: Annotated[float, typer.Option(
+        "--interval", min=0.1, help="Polling interval with --follow, seconds.")] = 1.0,
     as_json: JsonOpt = False,
 ) -> None:
     """Show the newest audit records (JSON Lines with --json)."""
@@ -118,4 +121,7 @@ def prune(as_json: JsonOpt = False) -> None:
     with provider(as_json) as prov:
         n = audit.prune(prov.engine, prov.settings.audit_retention_days)
         days = prov.settings.audit_retention_days
-    emit_json({"pruned": n, "retention_days": days}) if as_json else out.print(f"pruned {n} records older than {days} days")
+    if as_json:
+        emit_json({"pruned": n, "retention_days": days})
+    else:
+        out.print(f"pruned {n} records older than {days} days")

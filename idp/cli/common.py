@@ -42,7 +42,7 @@ def fail(message: str, *, as_json: bool = False, code: int = 1) -> NoReturn:
 
 def load_settings(as_json: bool = False) -> Settings:
     try:
-        return Settings()  # type: ignore[call-arg]  # pydantic-settings fills it from the environment
+        return Settings()
     except (ValidationError, ValueError) as exc:
         fail(f"invalid configuration: {_describe(exc)}", as_json=as_json)
 

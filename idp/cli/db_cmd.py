@@ -27,7 +27,7 @@ def upgrade(as_json: JsonOpt = False) -> None:
         engine = db.create_db_engine(settings.database_url)
         db.upgrade(engine)
         rev = db.current_revision(engine)
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:
         fail(f"migration failed: {_reason(exc, settings)}", as_json=as_json)
     if as_json:
         emit_json({"revision": rev})
@@ -41,6 +41,6 @@ def current(as_json: JsonOpt = False) -> None:
     settings = load_settings(as_json)
     try:
         rev = db.current_revision(db.create_db_engine(settings.database_url))
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:
         fail(f"cannot read the database: {_reason(exc, settings)}", as_json=as_json)
     emit_json({"revision": rev}) if as_json else out.print(f"schema at revision [bold]{rev or 'none'}[/]")

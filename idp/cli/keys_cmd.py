@@ -49,7 +49,7 @@ def list_(as_json: JsonOpt = False) -> None:
 @app.command("rotate")
 def rotate(
     now: Annotated[bool, typer.Option("--now", help="Sign with the new key at once, skipping pre-publication "
-                                                     "(verifiers with a cached JWKS refetch on the unknown kid).")] = False,
+                                      "(verifiers with a cached JWKS refetch on the unknown kid).")] = False,
     as_json: JsonOpt = False,
 ) -> None:
     """Create a new signing key: published at once, signing after the pre-publication interval."""

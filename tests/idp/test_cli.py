@@ -74,15 +74,18 @@ def test_clients_add_list_show_disable_enable_remove_and_tokens_revoke(settings:
     assert secret not in repr(tuple(stored))
 
     # Token request needs a resource: the client has two audiences.
-    resp = http.post("/token", data={"grant_type": "client_credentials", "resource": AUDIENCE}, auth=(client_id, secret))
+    resp = http.post("/token", data={"grant_type": "client_credentials", "resource": AUDIENCE},
+                     auth=(client_id, secret))
     assert resp.status_code == 200, resp.text
     assert cli_json(env, "clients", "disable", "agent")["enabled"] is False
-    resp = http.post("/token", data={"grant_type": "client_credentials", "resource": AUDIENCE}, auth=(client_id, secret))
+    resp = http.post("/token", data={"grant_type": "client_credentials", "resource": AUDIENCE},
+                     auth=(client_id, secret))
     assert resp.status_code == 401 and resp.json()["error"] == "invalid_client"
     assert "disabled" in resp.json()["error_description"]
     # By client_id ("--" ends the options, as a script passing any id should).
     assert json.loads(cli(env, "clients", "enable", "--json", "--", client_id).stdout)["enabled"] is True
-    resp = http.post("/token", data={"grant_type": "client_credentials", "resource": AUDIENCE}, auth=(client_id, secret))
+    resp = http.post("/token", data={"grant_type": "client_credentials", "resource": AUDIENCE},
+                     auth=(client_id, secret))
     assert resp.status_code == 200, resp.text
     access_token = resp.json()["access_token"]
     from sdk.jws import b64url_decode
@@ -114,7 +117,8 @@ def test_clients_add_list_show_disable_enable_remove_and_tokens_revoke(settings:
     assert provider.clients.find("agent") is not None
     assert cli_json(env, "clients", "remove", "agent", "--yes") == {"removed": client_id}
     assert provider.clients.list() == []
-    resp = http.post("/token", data={"grant_type": "client_credentials", "resource": AUDIENCE}, auth=(client_id, secret))
+    resp = http.post("/token", data={"grant_type": "client_credentials", "resource": AUDIENCE},
+                     auth=(client_id, secret))
     assert resp.status_code == 401
 
 
@@ -173,7 +177,8 @@ def _check_refusals(cases: list[tuple[list[str], dict[str, str], str]], env: dic
         except (AssertionError, ValueError) as exc:
             problems.append(f"{args} {extra}: unclear error: {exc!r} {res.stderr!r}")
             continue
-        if not line.startswith("error:") or expect.lower() not in line.lower() or expect.lower() not in json_error.lower():
+        said = expect.lower() in line.lower() and expect.lower() in json_error.lower()
+        if not line.startswith("error:") or not said:
             problems.append(f"{args} {extra}: error does not say {expect!r}: {line!r}")
         if "hunter2" in res.stdout + res.stderr + (res_json.stdout if res_json else ""):
             problems.append(f"{args} {extra}: the database password is shown")
@@ -336,7 +341,8 @@ def test_tables_never_cut_the_ids_a_user_types_next(tmp_path: Path) -> None:
 
 def test_audit_tail_refuses_unknown_filters_and_lists_the_valid_ones(tmp_path: Path) -> None:
     env = _sqlite_env(tmp_path)
-    client_id = cli_json(env, "clients", "add", "agent", "--capabilities", "tools/call:x", "--audience", AUDIENCE)["client_id"]
+    added = cli_json(env, "clients", "add", "agent", "--capabilities", "tools/call:x", "--audience", AUDIENCE)
+    client_id = added["client_id"]
     for bad in ("nosuch", "token.issud", "clients.*"):
         line = _clean_error(cli(env, "audit", "tail", "--event", bad, code=1))
         assert bad in line and "client.registered" in line and "token.issued" in line, line
@@ -346,8 +352,8 @@ def test_audit_tail_refuses_unknown_filters_and_lists_the_valid_ones(tmp_path: P
     res = run_cli("audit", "tail", "--actor", "cli", env=env)  # an unknown filter key: a usage error
     assert res.returncode == 2 and "Traceback" not in res.stderr and "--actor" in res.stderr, res.stderr
     # Known filters still work: patterns, a client by id or by name, a known event with no records yet.
-    assert [json.loads(r)["event"] for r in cli(env, "audit", "tail", "--event", "client.*", "--json").stdout.splitlines()] \
-        == ["client.registered"]
+    matched = cli(env, "audit", "tail", "--event", "client.*", "--json").stdout.splitlines()
+    assert [json.loads(r)["event"] for r in matched] == ["client.registered"]
     for ref in (client_id, "agent"):
         rows = [json.loads(r) for r in cli(env, "audit", "tail", "--client", ref, "--json").stdout.splitlines()]
         assert [(r["event"], r["client_id"]) for r in rows] == [("client.registered", client_id)]

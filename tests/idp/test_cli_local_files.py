@@ -29,8 +29,8 @@ def run(args: list[str], env: dict[str, str], umask: int | None = None) -> subpr
         if umask is not None:
             os.umask(umask)
 
-    return subprocess.run([sys.executable, *args], env={**os.environ, **env}, capture_output=True, text=True, check=False,
-                          timeout=60, cwd=ROOT, preexec_fn=preexec)
+    return subprocess.run([sys.executable, *args], env={**os.environ, **env}, capture_output=True, text=True,
+                          check=False, timeout=60, cwd=ROOT, preexec_fn=preexec)
 
 
 def idp(*args: str, env: dict[str, str], umask: int | None = None) -> subprocess.CompletedProcess[str]:
@@ -149,7 +149,8 @@ def test_write_commands_on_a_full_disk_fail_with_one_line_and_change_nothing(sma
         for cmd in commands:
             for as_json in (False, True):
                 res = idp(*cmd, *(["--json"] if as_json else []), env=env)
-                where = f"{cmd} json={as_json}: exit {res.returncode}\nstdout: {res.stdout}\nstderr: {res.stderr[-2000:]}"
+                where = (f"{cmd} json={as_json}: exit {res.returncode}\n"
+                         f"stdout: {res.stdout}\nstderr: {res.stderr[-2000:]}")
                 if res.returncode != 1 or "Traceback" in res.stdout + res.stderr:
                     problems.append(where)
                     continue
