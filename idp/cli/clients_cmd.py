@@ -14,7 +14,7 @@ from sdk.capabilities import CapabilityError, CapabilitySet, capability_warnings
 
 from ..clients import AUTH_METHODS, ClientError, ClientRecord
 from ..oauth2.client import CLIENT, RESOURCE_SERVER
-from .common import JsonOpt, emit_json, err, fail, out, provider, when
+from .common import JsonOpt, emit_json, err, fail, out, print_table, provider, when
 
 app = typer.Typer(help="Register and manage clients.", no_args_is_help=True)
 Ref = Annotated[str, typer.Argument(help="client_id or name")]
@@ -32,11 +32,17 @@ def check_capabilities(capabilities: str, as_json: bool) -> None:
 
 
 def _show(client: ClientRecord, secret: str | None = None) -> None:
-    table = Table(show_header=False, box=None)
+    rows = []
     for key, value in client.public_dict().items():
         if key in ("created_at", "updated_at"):
             value = when(value)
-        table.add_row(f"[bold]{key}[/]", escape(", ".join(value) if isinstance(value, list) else str(value)))
+        rows.append([f"[bold]{key}[/]", escape(", ".join(value) if isinstance(value, list) else str(value))])
+    table = Table(show_header=False, box=None)
+    table.add_column(no_wrap=True)
+    # Wide enough for the client_id and the secret (never cut); longer values fold.
+    table.add_column(overflow="fold", min_width=max(len(client.client_id), len(secret or "")))
+    for row in rows:
+        table.add_row(*row)
     if secret:
         table.add_row("[bold]client_secret[/]", f"[yellow]{secret}[/]")
     out.print(table)
@@ -88,11 +94,13 @@ def list_(as_json: JsonOpt = False) -> None:
     if as_json:
         emit_json([c.public_dict() for c in clients])
         return
-    table = Table("name", "client_id", "kind", "auth", "enabled", "capabilities", "audiences")
-    for c in clients:
-        table.add_row(c.name, c.client_id, c.kind, c.auth_method, "yes" if c.enabled else "[red]no[/]",
-                      escape(c.capabilities.to_scope()), escape(" ".join(c.audiences)))
-    out.print(table if clients else "[dim]no clients[/]")
+    if not clients:
+        out.print("[dim]no clients[/]")
+        return
+    print_table(["name", "client_id", "kind", "auth", "enabled", "capabilities", "audiences"],
+                [[escape(c.name), escape(c.client_id), c.kind, c.auth_method, "yes" if c.enabled else "[red]no[/]",
+                  escape(c.capabilities.to_scope()), escape(" ".join(c.audiences))] for c in clients],
+                ids={"name", "client_id"})
 
 
 @app.command("show")

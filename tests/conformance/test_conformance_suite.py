@@ -34,26 +34,16 @@ REVISIONS = ["2025-11-25", "2026-07-28"]
 RUN_TIMEOUT = 600  # seconds for one whole requirement set (each scenario has its own 30 s limit)
 
 # Everything the scenarios call; ``initialize``, ``ping`` and ``server/discover`` need only the token.
-# ``unknown/method`` is the made-up method server-stateless probes for 404/-32601: without it in the
-# token the gateway answers 403 insufficient_scope (default deny, as documented), which is the gateway
-# doing its job, not a difference in what it forwards.
 CAPABILITIES = ("tools/call:** prompts/get:** resources/read:** logging/setLevel completion/complete "
-                "subscriptions/listen tasks/get tasks/result tasks/list tasks/cancel unknown/method")
+                "subscriptions/listen tasks/get tasks/result tasks/list tasks/cancel")
 
 # Real idp, cbst-gateway, upstream and Node.js processes; one revision, both runs, takes about a minute.
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(RUN_TIMEOUT * 2)]
 
 Results = dict[str, list[tuple[str, str]]]
 
-_REMOVED_SUBSCRIBE = ("on 2026-07-28 resources/subscribe and resources/unsubscribe are removed methods (the upstream "
-                      "answers HTTP 404, -32601); cbst-gateway still parses them as URI-targeted methods and answers "
-                      "a request without params.uri with HTTP 400, -32602 before the upstream sees it")
 # (revision, scenario, check ids, diagnosis): differences caused by gateway defects, reported, not fixed here.
-KNOWN_GATEWAY_DEFECTS: list[tuple[str, str, set[str], str]] = [
-    ("2026-07-28", "server-stateless", {"sep-2575-http-server-method-not-found-404-resources-subscribe",
-                                        "sep-2575-http-server-method-not-found-404-resources-unsubscribe"},
-     _REMOVED_SUBSCRIBE),
-]
+KNOWN_GATEWAY_DEFECTS: list[tuple[str, str, set[str], str]] = []
 
 
 def _node() -> str:
