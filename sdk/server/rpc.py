@@ -115,6 +115,9 @@ class Message:
     method: str | None
     params: Mapping[str, Any] | None
     target: str | None = None  #: tool/prompt name or resource URI, from the body
+    #: Why the params are invalid, raised by :func:`check_methods` only once the method is known
+    #: to exist in the request's revision (a removed method is "not found", not "invalid params").
+    invalid: str | None = None
 
     @property
     def protocol_version(self) -> str | None:
@@ -157,9 +160,9 @@ def _one(obj: Any) -> Message:
     if field is not None:
         target = params.get(field) if params else None
         if not isinstance(target, str) or not target:
-            raise RPCRefusal(400, INVALID_PARAMS, f"{method} needs params.{field} (a string)",
-                             reason="malformed", request_id=rid)
-        msg.target = target
+            msg.invalid = f"{method} needs params.{field} (a string)"
+        else:
+            msg.target = target
     elif method == COMPLETE:
         msg.target = _completion_ref(params, rid)[1]
     return msg
@@ -304,6 +307,12 @@ def check_routing(found: Mapping[bytes, bytes], messages: list[Message], is_batc
             raise _mismatch("Mcp-Method header is required in the 2026-07-28 protocol", msg.id)
     elif method_h != msg.method:
         raise _mismatch("Mcp-Method header does not match the request body's method", msg.id)
+    generation = None  # the handshake generation
+    if modern:
+        generation = version
+        if version is None or version in HANDSHAKE_VERSIONS:
+            generation = next(iter(body_versions), None) or version
+    check_methods(messages, generation)
     if msg.method in _MIRRORED_NAME and (name_h is not None or modern):
         if name_h is None:
             raise _mismatch("Mcp-Name header is required for this method in the 2026-07-28 protocol",
@@ -312,13 +321,7 @@ def check_routing(found: Mapping[bytes, bytes], messages: list[Message], is_batc
             raise _mismatch("Mcp-Name header does not match the request body", msg.id)
     elif name_h is not None and msg.method not in _MIRRORED_NAME:
         raise _mismatch("Mcp-Name header on a method that names nothing", msg.id)
-    if not modern:
-        check_methods(messages, None)
-        return None
-    if version is None or version in HANDSHAKE_VERSIONS:
-        version = next(iter(body_versions), None) or version
-    check_methods(messages, version)
-    return version
+    return generation
 
 
 def check_methods(messages: Sequence[Message], generation: str | None) -> None:
@@ -341,6 +344,9 @@ def check_methods(messages: Sequence[Message], generation: str | None) -> None:
         raise RPCRefusal(404 if generation is not None else 200, METHOD_NOT_FOUND,
                          f"method not found: {shown!r} is not a method of MCP {revision}",
                          reason="method_not_found", request_id=msg.id if len(messages) == 1 else None)
+    for msg in messages:
+        if msg.invalid is not None:
+            raise RPCRefusal(400, INVALID_PARAMS, msg.invalid, reason="malformed", request_id=msg.id)
 
 
 class Requirement(NamedTuple):

@@ -55,6 +55,22 @@ def test_modern_methods_the_revision_lacks_are_404_method_not_found(method: str)
     assert err.value.reason == "method_not_found"
 
 
+@pytest.mark.parametrize("method", ["resources/subscribe", "resources/unsubscribe"])
+def test_a_removed_method_without_its_params_is_still_method_not_found(method: str) -> None:
+    """The conformance suite's server-stateless probe: a removed method is "not found" before its
+    params are judged (it was answered 400 ``-32602`` "needs params.uri")."""
+    msg, headers = _modern(method, {}, 7)
+    with pytest.raises(RPCRefusal) as err:
+        _route(msg, headers)
+    assert (err.value.status, err.value.code, err.value.request_id) == (404, METHOD_NOT_FOUND, 7)
+
+
+def test_a_known_method_without_its_params_is_invalid_params() -> None:
+    with pytest.raises(RPCRefusal) as err:
+        _route(rpc("resources/subscribe", {}, 8))
+    assert (err.value.status, err.value.code, err.value.request_id) == (400, -32602, 8)
+
+
 @pytest.mark.parametrize("method", ["tools/cal", "tool/call", "admin/shutdown", "server/discover",
                                     "subscriptions/listen", "notifications"])
 def test_handshake_methods_the_generation_lacks_are_method_not_found(method: str) -> None:
