@@ -16,7 +16,7 @@ async def serve_lifespan(receive: Receive, send: Send, *, startup: Callable[[], 
         if message["type"] == "lifespan.startup":
             try:
                 await startup()
-            except Exception as exc:  # noqa: BLE001 — reported to the server, which exits
+            except Exception as exc:
                 await send({"type": "lifespan.startup.failed", "message": str(exc)})
                 return
             await send({"type": "lifespan.startup.complete"})

@@ -129,7 +129,8 @@ class HTTPUpstreamProxy:
         open_ended = method == "GET" or any(m["method"] in rpc.LONG_LIVED_METHODS for m in requests)
         url = self.upstream
         if scope.get("query_string"):
-            url = str(httpx.URL(self.upstream).copy_merge_params(httpx.QueryParams(scope["query_string"].decode("latin-1"))))
+            query = httpx.QueryParams(scope["query_string"].decode("latin-1"))
+            url = str(httpx.URL(self.upstream).copy_merge_params(query))
         timeout = httpx.Timeout(self.timeout, connect=self.connect_timeout, pool=self.connect_timeout,
                                 read=None if open_ended else self.timeout)
         client = self._http()
@@ -178,7 +179,8 @@ class HTTPUpstreamProxy:
             content = await self._read_bounded(response)
         except httpx.TimeoutException:
             await rpc.send_errors(send, 504, ids, rpc.INTERNAL_ERROR,
-                                  f"upstream MCP server {self.upstream} did not finish its answer within {self.timeout:g}s")
+                                  f"upstream MCP server {self.upstream} did not finish its answer "
+                                  f"within {self.timeout:g}s")
             return
         except (httpx.HTTPError, BodyTooLarge) as exc:
             await rpc.send_errors(send, 502, ids, rpc.INTERNAL_ERROR,

@@ -165,7 +165,8 @@ class StdioChild:
                 await self._write({"jsonrpc": "2.0", "method": "notifications/cancelled",
                                    "params": {"requestId": gw_id, "reason": "gateway request timeout"}})
                 return rpc.error(original_id, rpc.INTERNAL_ERROR,
-                                 f"upstream stdio server `{self.command}` did not answer within {self.request_timeout:g}s")
+                                 f"upstream stdio server `{self.command}` did not answer "
+                                 f"within {self.request_timeout:g}s")
         finally:
             self._forget(gw_id)
             if not pending.future.done():  # the caller went away: tell the child

@@ -25,7 +25,8 @@ class Prepared:
         compiled = statement.compile(dialect=engine.dialect, column_keys=list(column_keys) if column_keys else None)
         self._engine = engine
         self.sql = str(compiled)
-        keys = tuple(compiled.positiontup or ()) if compiled.positional else None
+        # SQLCompiler attributes (every dialect's compiler is one); the Compiled base type lacks them.
+        keys = tuple(getattr(compiled, "positiontup", None) or ()) if getattr(compiled, "positional", False) else None
         if keys is None:
             self._getter: Any = dict
         elif len(keys) == 1:

@@ -51,10 +51,14 @@ def _show(client: ClientRecord, secret: str | None = None) -> None:
 @app.command("add")
 def add(
     name: Annotated[str, typer.Argument(help="Unique client name.")],
-    capabilities: Annotated[str, typer.Option("--capabilities", help='Space-separated, e.g. "tools/call:* resources/read:file:///docs/**".')],
-    audience: Annotated[list[str] | None, typer.Option("--audience", help="Resource URI the client may get tokens for (repeatable).")] = None,
-    auth: Annotated[str, typer.Option("--auth", help=f"Authentication method: {', '.join(AUTH_METHODS)}.")] = "client_secret_basic",
-    jwks: Annotated[Path | None, typer.Option("--jwks", help="JWKS file with the client's public keys (private_key_jwt).", dir_okay=False)] = None,
+    capabilities: Annotated[str, typer.Option(
+        "--capabilities", help='Space-separated, e.g. "tools/call:* resources/read:file:///docs/**".')],
+    audience: Annotated[list[str] | None, typer.Option(
+        "--audience", help="Resource URI the client may get tokens for (repeatable).")] = None,
+    auth: Annotated[str, typer.Option(
+        "--auth", help=f"Authentication method: {', '.join(AUTH_METHODS)}.")] = "client_secret_basic",
+    jwks: Annotated[Path | None, typer.Option(
+        "--jwks", help="JWKS file with the client's public keys (private_key_jwt).", dir_okay=False)] = None,
     resource_server: Annotated[bool, typer.Option(
         "--resource-server",
         help="The client of a protected resource: it may introspect tokens for its --audience URIs.")] = False,

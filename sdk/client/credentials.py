@@ -12,7 +12,7 @@ import time
 from collections.abc import AsyncIterator, Callable, Iterable
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519
@@ -212,9 +212,9 @@ class ClientCredentials:
         ``mcp.client.streamable_http.streamable_http_client``."""
         from mcp.client.streamable_http import streamable_http_client
 
-        async with self.httpx2_async_client() as http:
-            async with streamable_http_client(url, http_client=http, **kwargs) as streams:
-                yield streams
+        async with self.httpx2_async_client() as http, \
+                streamable_http_client(url, http_client=http, **kwargs) as streams:
+            yield streams
 
     # -- explicit token access -------------------------------------------------------------------
 
@@ -234,7 +234,7 @@ class ClientCredentials:
                         response = http.send(auth._to_http(req))
                         req = flow.send(auth._to_neutral(response, response.read()))
                 except StopIteration as stop:
-                    return stop.value
+                    return cast(AccessToken, stop.value)
         finally:
             if own:
                 http.close()
@@ -255,7 +255,7 @@ class ClientCredentials:
                         response = await http.send(auth._to_http(req))
                         req = flow.send(auth._to_neutral(response, await response.aread()))
                 except StopIteration as stop:
-                    return stop.value
+                    return cast(AccessToken, stop.value)
         finally:
             if own:
                 await http.aclose()

@@ -108,7 +108,7 @@ class IssuerClient:
         #: Counters for tests and operators.
         self.stats = {"metadata_fetches": 0, "jwks_fetches": 0, "revocation_fetches": 0,
                       "unknown_kid_refetches": 0, "unknown_kid_throttled": 0}
-        self.on_revoked: Callable[[frozenset[str]], None] | None = None
+        self.on_revoked: Callable[[frozenset[str]], object] | None = None
 
     # --- HTTP -------------------------------------------------------------------------------
 
@@ -128,7 +128,7 @@ class IssuerClient:
                     if size > limit:
                         raise IssuerUnavailable(f"{url}: document larger than {limit} bytes")
                     chunks.append(chunk)
-                resp._content = b"".join(chunks)  # noqa: SLF001 - read once, bounded
+                resp._content = b"".join(chunks)
                 return resp
         except httpx.HTTPError as exc:
             raise IssuerUnavailable(f"{url}: {type(exc).__name__}") from None

@@ -6,7 +6,14 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
-from ..access_token import AccessToken, InvalidToken, UnknownSigningKey, VerifiedTokenCache, token_hash, verify_access_token
+from ..access_token import (
+    AccessToken,
+    InvalidToken,
+    UnknownSigningKey,
+    VerifiedTokenCache,
+    token_hash,
+    verify_access_token,
+)
 from .config import ProtectionConfig
 from .issuer import IssuerClient, IssuerUnavailable
 
