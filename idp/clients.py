@@ -20,6 +20,7 @@ from sqlalchemy.exc import IntegrityError
 from sdk.capabilities import CapabilityError, CapabilitySet
 
 from . import audit, clock
+from .errors import IdPError
 from .models import AuditEvent, Client, RevokedToken
 from .oauth2 import client_auth
 from .oauth2.client import CLIENT, KINDS, ClientRecord, hash_secret
@@ -44,7 +45,7 @@ MIN_RSA_BITS = 2048
 _parse_capabilities = lru_cache(maxsize=4096)(CapabilitySet.parse)
 
 
-class ClientError(ValueError):
+class ClientError(IdPError, ValueError):
     """A registration that cannot be made; the message says why."""
 
 

@@ -11,10 +11,12 @@ from pathlib import Path
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import make_url
 
+from .errors import IdPError
+
 MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "migrations"
 
 
-class DatabaseError(RuntimeError):
+class DatabaseError(IdPError, RuntimeError):
     """The database cannot be used (bad URL, unreachable, schema too new)."""
 
 

@@ -30,6 +30,7 @@ from sdk.jws import PrivateKey, PublicKey
 
 from . import audit, clock
 from .config import Settings
+from .errors import IdPError
 from .keystore import Keystore
 from .models import IdpState, SigningKey
 
@@ -39,7 +40,7 @@ _state = IdpState.__table__  # type: ignore[attr-defined]
 _DESTROYED = json.dumps({"v": 1, "destroyed": True})
 
 
-class KeyError_(RuntimeError):
+class KeyError_(IdPError, RuntimeError):
     """A key operation that cannot be done (unknown kid, retiring the only signer...)."""
 
 

@@ -26,6 +26,7 @@ from typing import Any, NamedTuple
 
 from . import jws
 from .capabilities import CapabilityError, CapabilitySet
+from .errors import CBSTError
 
 __all__ = [
     "AccessToken",
@@ -57,7 +58,7 @@ def parse_scope(scope: str) -> CapabilitySet:
     return caps
 
 
-class InvalidToken(Exception):
+class InvalidToken(CBSTError):
     """The token cannot be accepted. ``str(exc)`` is safe to show to the caller
     (RFC 6750 ``error_description``); ``error`` is the RFC 6750 §3.1 error code."""
 

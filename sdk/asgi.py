@@ -9,6 +9,8 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
+from .errors import CBSTError
+
 __all__ = ["ASGIApp", "BodyTooLarge", "Message", "Receive", "Scope", "Send", "read_body"]
 
 Scope = MutableMapping[str, Any]
@@ -18,7 +20,7 @@ Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 
-class BodyTooLarge(Exception):
+class BodyTooLarge(CBSTError):
     """The request body is larger than the reader's limit."""
 
     def __init__(self, limit: int) -> None:

@@ -73,6 +73,8 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar, overload
 from urllib.parse import quote
 
+from .errors import CBSTError
+
 __all__ = [
     "HANDSHAKE_METHODS",
     "MAX_CAPABILITIES",
@@ -158,7 +160,7 @@ _SCOPE_TOKEN_RE = re.compile(r"[\x21\x23-\x5b\x5d-\x7e]+")  # RFC 6749 §3.3 NQC
 _WILDCARD_RE = re.compile(r"\*+")
 
 
-class CapabilityError(ValueError):
+class CapabilityError(CBSTError, ValueError):
     """A capability or scope string is malformed or too large.
 
     ``capability`` is the offending capability text (``None`` for errors about a whole scope),

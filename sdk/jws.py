@@ -48,6 +48,8 @@ from cryptography.hazmat.primitives.asymmetric.utils import (
     encode_dss_signature,
 )
 
+from .errors import CBSTError
+
 SUPPORTED_ALGS = ("ES256", "EdDSA")
 ACCESS_TOKEN_TYP = "at+jwt"  # RFC 9068 §2.1
 
@@ -65,7 +67,7 @@ _ECDSA_SHA256 = ec.ECDSA(hashes.SHA256())  # stateless; built once rather than p
 _ED25519_SIG_LEN = 64
 
 
-class JWSError(Exception):
+class JWSError(CBSTError):
     """A token that cannot be accepted; the message is safe to show to the caller."""
 
 

@@ -6,6 +6,8 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..errors import IdPError
+
 NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
 
 
@@ -19,7 +21,7 @@ class OAuthResponse:
         return json.dumps(self.body, separators=(",", ":")).encode()
 
 
-class OAuthError(Exception):
+class OAuthError(IdPError):
     """An error the endpoint answers with ``{"error": ..., "error_description": ...}``."""
 
     error = "invalid_request"

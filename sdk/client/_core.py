@@ -33,6 +33,7 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import quote, urlencode, urlsplit, urlunsplit
 
+from ..errors import CBSTError
 from ..jws import PrivateKey
 
 log = logging.getLogger("sdk.client")
@@ -52,7 +53,7 @@ MAX_RESPONSE_BYTES = 64 * 1024
 # --- errors ------------------------------------------------------------------------------------
 
 
-class TokenError(Exception):
+class TokenError(CBSTError):
     """The client could not obtain an access token. ``error`` is the OAuth error code if any."""
 
     def __init__(self, message: str, *, error: str | None = None, description: str | None = None,

@@ -30,6 +30,7 @@ from urllib.parse import urlsplit
 import anyio
 import httpx
 
+from ..errors import CBSTError
 from ..jws import JWSError, PublicKey
 
 __all__ = ["IssuerClient", "IssuerUnavailable"]
@@ -42,7 +43,7 @@ _MAX_AGE = re.compile(r"(?:^|[,\s])max-age\s*=\s*\"?(\d+)\"?", re.IGNORECASE)
 _NO_CACHE = re.compile(r"(?:^|[,\s])(no-store|no-cache)(?:$|[,\s=])", re.IGNORECASE)
 
 
-class IssuerUnavailable(Exception):
+class IssuerUnavailable(CBSTError):
     """The IdP could not be reached or answered nonsense; requests get 503."""
 
 

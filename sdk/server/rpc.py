@@ -32,6 +32,7 @@ from ..capabilities import (
     CapabilitySet,
     uri_template_pattern,
 )
+from ..errors import CBSTError
 
 __all__ = [
     "LIST_FILTERS",
@@ -86,7 +87,7 @@ COMPLETE = "completion/complete"
 COMPLETION_REFS = {"ref/prompt": ("name", PROMPTS_GET), "ref/resource": ("uri", RESOURCES_READ)}
 
 
-class RPCRefusal(Exception):
+class RPCRefusal(CBSTError):
     """A refusal before the app sees the request: HTTP ``status`` and a JSON-RPC error."""
 
     def __init__(self, status: int, code: int, message: str, *, reason: str, request_id: Any = None,
