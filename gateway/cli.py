@@ -22,8 +22,9 @@ from urllib.parse import urlsplit
 
 from sdk.net import is_loopback
 
+from ._front import HEALTH_PATH
 from .errors import GatewayConfigError, StdioStartError
-from .http_proxy import HEALTH_PATH, HTTPUpstreamProxy
+from .http_proxy import HTTPUpstreamProxy
 from .stdio_bridge import StdioBridge
 
 log = logging.getLogger("cbst.gateway")

@@ -22,12 +22,11 @@ from sdk.asgi import BodyTooLarge, Receive, Scope, Send, read_body
 from sdk.server.endpoint import MCPEndpoint
 
 from . import _jsonrpc as rpc
-from ._lifespan import serve_lifespan
+from ._front import front_door
 from .errors import GatewayConfigError
 
 log = logging.getLogger("cbst.gateway.http")
 
-HEALTH_PATH = "/healthz"  # liveness of the gateway itself (it does not probe the upstream)
 # Request headers of the streamable-HTTP transport that the upstream needs (lower case).
 FORWARD_REQUEST_HEADERS = frozenset({
     "accept", "content-type", "last-event-id",
@@ -84,16 +83,8 @@ class HTTPUpstreamProxy:
 
     # -- ASGI ----------------------------------------------------------------------------
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "lifespan":
-            await serve_lifespan(receive, send, startup=self.start, shutdown=self.aclose)
-            return
-        if scope["type"] != "http":
-            return
-        if scope["path"] == HEALTH_PATH and scope["method"] == "GET":
-            await rpc.send_json(send, 200, {"status": "ok"})  # public: no upstream address
-            return
-        if not self.endpoint.serves(scope):  # the middleware's own definition of the endpoint
-            await rpc.send_json(send, 404, rpc.error(None, rpc.INVALID_REQUEST, f"no MCP endpoint at {scope['path']}"))
+        if not await front_door(scope, receive, send, endpoint=self.endpoint, startup=self.start,
+                                shutdown=self.aclose, healthy=lambda: True):
             return
         method = scope["method"]
         if method not in ("POST", "GET", "DELETE"):

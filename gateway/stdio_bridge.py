@@ -35,9 +35,8 @@ from sdk.asgi import BodyTooLarge, Receive, Scope, Send, read_body
 from sdk.server.endpoint import MCPEndpoint
 
 from . import _jsonrpc as rpc
-from ._lifespan import serve_lifespan
+from ._front import front_door
 from .errors import GatewayConfigError, GatewayError, StdioStartError
-from .http_proxy import HEALTH_PATH
 from .stdio_child import StdioChild
 
 log = logging.getLogger("cbst.gateway.stdio")
@@ -111,16 +110,8 @@ class StdioBridge:
 
     # -- ASGI ----------------------------------------------------------------------------
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "lifespan":
-            await serve_lifespan(receive, send, startup=self.start, shutdown=self.aclose)
-            return
-        if scope["type"] != "http":
-            return
-        if scope["path"] == HEALTH_PATH and scope["method"] == "GET":
-            await self._health(send)
-            return
-        if not self.endpoint.serves(scope):  # the middleware's own definition of the endpoint
-            await rpc.send_json(send, 404, rpc.error(None, rpc.INVALID_REQUEST, f"no MCP endpoint at {scope['path']}"))
+        if not await front_door(scope, receive, send, endpoint=self.endpoint, startup=self.start,
+                                shutdown=self.aclose, healthy=lambda: self.child.ready):
             return
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
         method = scope["method"]
@@ -133,14 +124,6 @@ class StdioBridge:
         else:
             await rpc.send_json(send, 405, rpc.error(None, rpc.INVALID_REQUEST, f"method {method} not allowed"),
                                 headers=[(b"allow", b"GET, POST, DELETE")])
-
-    async def _health(self, send: Send) -> None:
-        # Public (no token): whether the gateway can serve, nothing about the child (its command
-        # line, pid, stderr); the gateway log has the details.
-        if self.child.ready:
-            await rpc.send_json(send, 200, {"status": "ok"})
-        else:
-            await rpc.send_json(send, 503, {"status": "unavailable"})
 
     def _session(self, headers: dict[str, str]) -> tuple[_Session | None, int, str]:
         sid = headers.get("mcp-session-id")

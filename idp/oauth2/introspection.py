@@ -59,13 +59,19 @@ def may_see(client: ClientRecord, claims: dict[str, Any]) -> bool:
     return any(a in client.audiences for a in auds)
 
 
-@failures_audited
-def introspect(stores: Stores, request: OAuthRequest) -> OAuthResponse:
+def authenticated_token(stores: Stores, request: OAuthRequest) -> tuple[ClientRecord, dict[str, Any] | None]:
+    """The authenticated client and the claims of the ``token`` it names (RFC 7662 §2.1, RFC 7009
+    §2.1), None when that token is not a valid one of ours."""
     client = authenticate(stores, request)
     token = request.form.get("token")
     if token is None:
         raise InvalidRequest("token is required")
-    claims = validate_own_token(stores, token)
+    return client, validate_own_token(stores, token)
+
+
+@failures_audited
+def introspect(stores: Stores, request: OAuthRequest) -> OAuthResponse:
+    client, claims = authenticated_token(stores, request)
     if claims is None or not may_see(client, claims):
         return OAuthResponse(200, dict(INACTIVE), dict(NO_STORE))
     return OAuthResponse(200, {"active": True, "token_type": "Bearer", **claims}, dict(NO_STORE))

@@ -8,9 +8,9 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from .client_auth import authenticate, failures_audited
-from .errors import NO_STORE, InvalidRequest, OAuthResponse, UnauthorizedClient
-from .introspection import validate_own_token
+from .client_auth import failures_audited
+from .errors import NO_STORE, OAuthResponse, UnauthorizedClient
+from .introspection import authenticated_token
 from .request import OAuthRequest
 
 if TYPE_CHECKING:
@@ -19,11 +19,7 @@ if TYPE_CHECKING:
 
 @failures_audited
 def revoke(stores: Stores, request: OAuthRequest) -> OAuthResponse:
-    client = authenticate(stores, request)
-    token = request.form.get("token")
-    if token is None:
-        raise InvalidRequest("token is required")
-    claims = validate_own_token(stores, token)
+    client, claims = authenticated_token(stores, request)
     if claims is not None:
         if claims.get("client_id") != client.client_id:
             raise UnauthorizedClient("the token was not issued to this client")
