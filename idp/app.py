@@ -20,7 +20,7 @@ from fastapi.responses import Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.middleware.cors import CORSMiddleware
 
-from . import __version__, clock, logs
+from . import __version__, blocking, clock, logs
 from .config import Settings
 from .oauth2 import introspection, metadata, revocation, token_endpoint
 from .oauth2.errors import InvalidRequest, OAuthError, ServerBusy
@@ -77,9 +77,7 @@ class OAuthEndpoints:
             ctype = headers.get(b"content-type")
             form = parse_form(ctype.decode("latin-1") if ctype else None, body)
             auth = headers.get(b"authorization")
-            result = handler(self._provider(), form, auth.decode("latin-1") if auth is not None else None)
-            if asyncio.iscoroutine(result):
-                result = await result
+            result = await blocking.call(self._provider().settings.database_timeout, handler, self._provider(), form, auth.decode("latin-1") if auth is not None else None)
         except OAuthError as exc:
             result = exc.response()
         except Exception:  # noqa: BLE001 - a database outage must not leak a traceback
@@ -157,7 +155,14 @@ def create_app(settings: Settings | None = None, provider: Provider | None = Non
 
     @app.get("/jwks", tags=["discovery"])
     async def jwks(request: Request) -> Response:
-        body, etag = prov().keys.jwks()
+        keys = prov().keys
+        try:
+            body, etag = await blocking.call(settings.database_timeout, keys.jwks)
+        except blocking.DatabaseUnavailable:
+            held = keys.held_jwks()  # keys are public and outlive their tokens: serve what we have
+            if held is None:
+                raise
+            body, etag = held
         headers = {"Cache-Control": f"public, max-age={settings.jwks_max_age}", "ETag": etag}
         if _etag_matches(request.headers.get("if-none-match"), etag):
             return Response(status_code=304, headers=headers)
@@ -167,7 +172,8 @@ def create_app(settings: Settings | None = None, provider: Provider | None = Non
     async def revoked() -> Response:
         """Revoked, unexpired jtis (a jti grants nothing by itself, so the list is public)."""
         now = clock.now()
-        body = {"issuer": settings.issuer, "generated_at": now, "revoked": prov().revocations.active(now)}
+        active = await blocking.call(settings.database_timeout, prov().revocations.active, now)
+        body = {"issuer": settings.issuer, "generated_at": now, "revoked": active}
         return _json(200, body, {"Cache-Control": f"public, max-age={REVOCATION_LIST_MAX_AGE}"})
 
     async def post_only(request: Request) -> Response:  # never reached: OAuthEndpoints answers POST
@@ -185,6 +191,11 @@ def create_app(settings: Settings | None = None, provider: Provider | None = Non
     async def http_error(request: Request, exc: StarletteHTTPException) -> Response:
         code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "invalid_request")
         return _json(exc.status_code, {"error": code, "error_description": str(exc.detail)}, getattr(exc, "headers", None))
+
+    @app.exception_handler(OAuthError)
+    async def oauth_error(request: Request, exc: OAuthError) -> Response:  # a database outage: 503
+        result = exc.response()
+        return _json(result.status, result.body, result.headers)
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(request: Request, exc: RequestValidationError) -> Response:

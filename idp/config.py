@@ -48,6 +48,10 @@ class Settings(BaseSettings):
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=1, le=65535)
     workers: int = Field(1, ge=1, le=64)
+    # --- fault tolerance (docs/operations.md#when-the-database-hangs) ---
+    database_timeout: float = Field(
+        5.0, ge=0.1, le=300, description="Longest a request waits for the database before answering 503, seconds."
+    )
 
     @field_validator("issuer")
     @classmethod
