@@ -239,6 +239,9 @@ async def _maintenance_loop(provider: Provider) -> None:
 
 def app_from_env() -> Any:
     """Uvicorn factory for ``idp serve`` (each worker builds its app from the environment)."""
+    from .serving import exit_with_supervisor
+
+    exit_with_supervisor()
     settings = Settings()
     logs.configure(settings.log_level, settings.log_json)
     return create_app(settings)
