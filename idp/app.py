@@ -239,9 +239,10 @@ async def _maintenance_loop(provider: Provider) -> None:
 
 def app_from_env() -> Any:
     """Uvicorn factory for ``idp serve`` (each worker builds its app from the environment)."""
-    from .serving import exit_with_supervisor
+    from . import serving
 
-    exit_with_supervisor()
+    serving.exit_with_supervisor()
     settings = Settings()
     logs.configure(settings.log_level, settings.log_json)
+    serving.configure(settings.request_read_timeout, settings.max_connections_per_client)
     return create_app(settings)

@@ -55,6 +55,12 @@ class Settings(BaseSettings):
     database_timeout: float = Field(
         5.0, ge=0.1, le=300, description="Longest a request waits for the database before answering 503, seconds."
     )
+    request_read_timeout: float = Field(
+        10.0, ge=0.5, le=300, description="Time a client has to send a whole request (headers and body), seconds."
+    )
+    max_connections_per_client: int = Field(
+        64, ge=0, description="Open connections per client address and worker process; 0 = no limit."
+    )
 
     @field_validator("issuer")
     @classmethod

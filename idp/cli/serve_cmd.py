@@ -24,7 +24,7 @@ def serve(
     import uvicorn
     from uvicorn.supervisors import Multiprocess
 
-    from ..serving import ListenError, bind
+    from ..serving import GuardedHttpProtocol, ListenError, bind
 
     # The options go to the environment: the workers build their settings from it, and the
     # default issuer derives from the port (http://127.0.0.1:<port>).
@@ -53,7 +53,8 @@ def serve(
               f"({workers} worker(s))")
     os.environ.setdefault("IDP_LOG_LEVEL", settings.log_level)
     config = uvicorn.Config("idp.app:app_from_env", factory=True, host=host, port=port, workers=workers,
-                            log_level=settings.log_level, access_log=False, proxy_headers=False, server_header=False)
+                            log_level=settings.log_level, access_log=False, proxy_headers=False, server_header=False,
+                            http=GuardedHttpProtocol)  # bounds request read time and connections per address
     try:
         if workers > 1:
             Multiprocess(config, sockets=[sock]).run()

@@ -151,3 +151,129 @@ def test_a_single_process_server_does_not_die_with_its_parent(tmp_path: Path) ->
     finally:
         if _alive(pid):
             os.kill(pid, signal.SIGTERM)
+
+
+def _start(env: dict[str, str], port: int, log: Path, nofile: int | None = None) -> subprocess.Popen[bytes]:
+    import resource
+
+    def limit() -> None:
+        if nofile is not None:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (nofile, nofile))
+
+    proc = subprocess.Popen([sys.executable, "-m", "idp.cli", "serve", "--port", str(port)], env={**os.environ, **env},
+                            cwd=ROOT, stdout=open(log, "wb"), stderr=subprocess.STDOUT, preexec_fn=limit)
+    deadline = time.monotonic() + 30
+    while True:
+        assert proc.poll() is None, log.read_text()
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1).status_code == 200:
+                return proc
+        except httpx.HTTPError:
+            pass
+        assert time.monotonic() < deadline, log.read_text()
+        time.sleep(0.1)
+
+
+def _stop(proc: subprocess.Popen[bytes]) -> None:
+    proc.terminate()
+    try:
+        proc.wait(15)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(5)
+
+
+def _read_until_closed(sock: socket.socket, limit: float) -> tuple[bytes, float]:
+    """What the server sends until it closes the connection, and when (``limit`` if it does not)."""
+    start = time.monotonic()
+    data = b""
+    sock.settimeout(0.2)
+    while time.monotonic() - start < limit:
+        try:
+            chunk = sock.recv(4096)
+        except socket.timeout:
+            continue
+        except ConnectionResetError:
+            break
+        if not chunk:
+            break
+        data += chunk
+    return data, time.monotonic() - start
+
+
+def test_half_sent_requests_are_answered_408_and_closed_within_the_read_timeout(tmp_path: Path) -> None:
+    port = free_port()
+    proc = _start({**base_env(tmp_path), "IDP_REQUEST_READ_TIMEOUT": "2"}, port, tmp_path / "serve.log")
+    try:
+        partial = {
+            "nothing": b"",
+            "half the headers": b"POST /token HTTP/1.1\r\nHost: idp\r\nContent-Le",
+            "half the body": b"POST /token HTTP/1.1\r\nHost: idp\r\nContent-Type: application/x-www-form-urlencoded\r\n"
+                             b"Content-Length: 100\r\n\r\ngrant_type=client_",
+            "a second request, half sent": b"GET /healthz HTTP/1.1\r\nHost: idp\r\n\r\nGET /healthz HTTP/1.1\r\nHo",
+        }
+        socks = {}
+        for name, data in partial.items():
+            socks[name] = socket.create_connection(("127.0.0.1", port))
+            socks[name].sendall(data)
+        # A client that sends slowly but within the time is served.
+        slow = socket.create_connection(("127.0.0.1", port))
+        for piece in (b"GET /healthz HTTP/1.1\r\n", b"Host: idp\r\n", b"\r\n"):
+            slow.sendall(piece)
+            time.sleep(0.4)
+        assert _read_until_closed(slow, 1.0)[0].startswith(b"HTTP/1.1 200")
+        slow.close()
+        for name, sock in socks.items():
+            data, took = _read_until_closed(sock, 8.0)
+            assert took < 5.0, f"{name}: still open after {took:.1f}s"
+            if name != "nothing":
+                assert b"408 Request Timeout" in data, (name, data)
+            sock.close()
+        assert httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=5).status_code == 200
+    finally:
+        _stop(proc)
+
+
+def test_idle_sockets_from_one_address_do_not_lock_other_clients_out(tmp_path: Path) -> None:
+    """Four hundred half-sent requests from one address, against a server allowed 256 open files
+    (ulimit -n): a client from another address is still served at once."""
+    settings = Settings(database_url=f"sqlite:///{tmp_path / 'idp.db'}", keys_dir=tmp_path / "keys",
+                        keystore_kek=random_kek())
+    prov = Provider.open(settings)
+    client, secret = register(prov)
+    prov.close()
+    env = {k: v for k, v in env_for(settings).items() if k != "IDP_ISSUER"}
+    port = free_port()
+    proc = _start(env, port, tmp_path / "serve.log", nofile=256)
+    attackers: list[socket.socket] = []
+    try:
+        for _ in range(400):
+            s = socket.socket()
+            s.bind(("127.0.0.1", 0))
+            s.connect(("127.0.0.1", port))
+            s.sendall(b"POST /token HTTP/1.1\r\nHost: idp\r\nContent-Length: 100\r\n")
+            attackers.append(s)
+        time.sleep(0.5)
+        other = httpx.Client(transport=httpx.HTTPTransport(local_address="127.0.0.2"), timeout=5)
+        start = time.monotonic()
+        assert other.get(f"http://127.0.0.1:{port}/healthz").status_code == 200
+        resp = other.post(f"http://127.0.0.1:{port}/token", data={"grant_type": "client_credentials"},
+                          auth=(client.client_id, secret))
+        assert resp.status_code == 200, resp.text
+        assert time.monotonic() - start < 3.0
+        other.close()
+        # The connections beyond the per-address limit were refused with 503, not held.
+        refused = 0
+        for s in attackers:
+            s.settimeout(0.05)
+            try:
+                if s.recv(200).startswith(b"HTTP/1.1 503"):
+                    refused += 1
+            except (socket.timeout, ConnectionResetError):
+                pass
+        assert refused >= 400 - 64
+        assert "Traceback" not in (tmp_path / "serve.log").read_text()
+    finally:
+        for s in attackers:
+            s.close()
+        _stop(proc)
