@@ -19,6 +19,7 @@ import logging
 import os
 import threading
 from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -83,6 +84,12 @@ def transaction(engine: Engine) -> Iterator[Transaction]:
     _emit(tx._rows)
 
 
+#: Threads for the batches no request leads. Not the request threads of ``idp.blocking``: those
+#: may all be waiting for exactly these commits (a shared pool deadlocks under load). Each
+#: committer has at most one batch in flight, so a few threads serve every committer of a process.
+_COMMIT_THREADS = ThreadPoolExecutor(max_workers=4, thread_name_prefix="idp-audit")
+
+
 class GroupCommitter:
     """Group commit of issuance records: one transaction (one fsync) per batch, one batch in flight.
 
@@ -93,8 +100,9 @@ class GroupCommitter:
     committed at once by its own request.
 
     No commit ever runs on the server's event loop: a request handler runs in a worker thread of
-    ``idp.blocking`` (on that thread's own loop), where the leader commits inline; anywhere else
-    the commit is handed to such a thread. Waiters on any loop are woken thread-safely.
+    ``idp.blocking`` (on that thread's own loop), where the leader commits inline; anywhere else,
+    and for the batches that gather meanwhile, the committer's own thread commits. Waiters on any
+    loop are woken thread-safely.
 
     SQLite allows one writer per database file. Its busy handler backs off in sleeps of 1 ms up to
     100 ms, which put the p99 of two contending worker processes in the hundreds of ms (token
@@ -124,14 +132,12 @@ class GroupCommitter:
             if blocking.in_worker():
                 self._commit_next(hand_off=True)  # this thread serves only this request: block it
             else:
-                blocking.executor().submit(self._commit_next, hand_off=False)
+                _COMMIT_THREADS.submit(self._commit_next, hand_off=False)
         await done
 
     def _commit_next(self, *, hand_off: bool) -> None:
-        """Commit pending batches; with ``hand_off``, only the first, handing later ones to a worker
-        thread (so the leading request is answered after its own batch, not everyone's)."""
-        from . import blocking
-
+        """Commit pending batches; with ``hand_off``, only the first, handing later ones to the
+        committer thread (so the leading request is answered after its own batch, not everyone's)."""
         while True:
             with self._mutex:
                 batch, self._pending = self._pending, []
@@ -149,7 +155,7 @@ class GroupCommitter:
                     if not self._pending:
                         self._flushing = False
                         return
-                blocking.executor().submit(self._commit_next, hand_off=False)
+                _COMMIT_THREADS.submit(self._commit_next, hand_off=False)
                 return
 
     def _settle(self, batch: list[tuple[dict[str, Any], asyncio.AbstractEventLoop, asyncio.Future[None]]],
