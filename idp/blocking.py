@@ -90,7 +90,8 @@ async def call(timeout: float, fn: Callable[..., T], *args: Any) -> T:
     ``timeout`` seconds; :class:`DatabaseUnavailable` when that passes or the database fails."""
     future = asyncio.get_running_loop().run_in_executor(_executor, _run, fn, args)
     try:
-        result: T = await asyncio.wait_for(future, timeout)  # on timeout: cancelled if not started yet
+        async with asyncio.timeout(timeout):  # on timeout: cancelled if not started yet
+            result: T = await future
     except TimeoutError:
         _report(fn, f"the database did not answer within {timeout:g} s")
         raise DatabaseUnavailable(timeout) from None
