@@ -14,7 +14,7 @@ export PIP_DISABLE_PIP_VERSION_CHECK := 1
 # the TypeScript client and a third-party stdio server come from npm (versions pinned by lockfiles).
 MCP1_VENV := .venv-mcp1
 MCP1_STAMP := $(MCP1_VENV)/.installed-mcp1
-NPM_DIRS := tests/interop/ts tests/gateway/npm
+NPM_DIRS := tests/interop/ts tests/gateway/npm tests/conformance
 NPM_STAMPS := $(foreach d,$(NPM_DIRS),$(d)/node_modules/.package-lock.json)
 
 .PHONY: run test bench install install-dev system-deps interop-deps clean
@@ -23,8 +23,9 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 
+# The IdP, the SDK, cbst-gateway, and the official MCP SDK that examples/server.py is built on.
 $(STAMP): | $(BIN)/python
-	$(BIN)/pip install -q -e .
+	$(BIN)/pip install -q -e '.[mcp]'
 	touch $@
 
 $(DEV_STAMP): | $(BIN)/python
@@ -59,7 +60,9 @@ interop-deps: $(MCP1_STAMP) $(NPM_STAMPS)
 
 ## make test: the whole suite, on SQLite and on the local PostgreSQL
 test: install-dev system-deps interop-deps
-	$(BIN)/python -m pytest -q
+	$(BIN)/ruff check idp sdk gateway
+	$(BIN)/mypy
+	$(BIN)/python -m pytest -q -n auto
 
 BENCH_STAMP := $(VENV)/.installed-bench-$(shell sha1sum pyproject.toml | cut -c1-12)
 $(BENCH_STAMP): | $(BIN)/python

@@ -22,6 +22,9 @@ client step up (ask the IdP for the union of its scope and the challenged one) o
 
 ``--mode legacy`` forces the handshake generation (``initialize``); the default ``auto`` uses
 the 2026-07-28 generation when the server offers it.
+
+Bad input is a usage error; an IdP or server that is down or broken is one line on stderr and
+exit status 1 (``--verbose`` also prints the MCP SDK's own log records).
 """
 
 from __future__ import annotations
@@ -29,16 +32,18 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import logging
 import os
 import sys
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a checkout
 
-import httpx2  # noqa: E402
+import httpx2
 
-from sdk.client import ClientCredentials, TokenError  # noqa: E402
+from sdk.client import ClientCredentials, TokenError
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -60,26 +65,60 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--call", nargs="+", metavar=("TOOL", "ARGS_JSON"), help="call a tool (default: echo)")
     p.add_argument("--read", metavar="URI", help="read a resource")
     p.add_argument("--prompt", nargs="+", metavar=("NAME", "ARGS_JSON"), help="get a prompt")
-    return p.parse_args(argv)
+    p.add_argument("--verbose", "-v", action="store_true", help="also print the MCP SDK's log records")
+    args = p.parse_args(argv)
+    # Bad input is a usage error here, before any request is made.
+    for option in ("issuer", "server", "resource"):
+        value = getattr(args, option)
+        if value is not None and (urlsplit(value).scheme not in ("http", "https") or not urlsplit(value).netloc):
+            p.error(f"--{option} must be an http(s) URL, got {value!r}")
+    for option in ("call", "prompt"):
+        values = getattr(args, option)
+        if values is None:
+            continue
+        if len(values) > 2:
+            p.error(f"--{option} takes a name and at most one ARGS_JSON")
+        try:
+            arguments = json.loads(values[1]) if len(values) == 2 else {}
+        except ValueError as exc:
+            p.error(f"--{option} ARGS_JSON is not JSON ({exc}): {values[1]!r}")
+        if not isinstance(arguments, dict):
+            p.error(f"--{option} ARGS_JSON must be a JSON object, e.g. '{{\"a\": 1}}', got {values[1]!r}")
+        setattr(args, option, (values[0], arguments))
+    return args
 
 
 def credentials_from(args: argparse.Namespace) -> ClientCredentials:
+    """The client's credentials, or SystemExit with one line saying what is wrong."""
     client_id, secret = args.client_id, args.client_secret
     if args.credentials is not None:
-        doc = json.loads(args.credentials.read_text())
+        path = args.credentials
+        try:
+            doc = json.loads(path.read_text())
+        except OSError as exc:
+            raise SystemExit(f"cannot read the credentials {path}: {exc.strerror}") from None
+        except ValueError as exc:
+            raise SystemExit(f"{path} is not JSON ({exc}); give the output of `idp clients add --json`") from None
+        if not isinstance(doc, dict) or not isinstance(doc.get("client_id"), str):
+            raise SystemExit(f"{path} has no client_id; give the output of `idp clients add --json`")
         client_id, secret = doc["client_id"], doc.get("client_secret", secret)
     if not client_id:
         raise SystemExit("no client: give --credentials FILE, or --client-id with --client-secret or --key-file")
     resource = args.resource or args.server
     if args.key_file is not None:
-        return ClientCredentials(args.issuer, client_id, private_key=args.key_file, scope=args.scope, resource=resource)
+        try:
+            return ClientCredentials(args.issuer, client_id, private_key=args.key_file, scope=args.scope,
+                                     resource=resource)
+        except OSError as exc:
+            raise SystemExit(f"cannot read the private key {args.key_file}: {exc.strerror}") from None
+        except ValueError as exc:
+            raise SystemExit(f"cannot use the private key {args.key_file}: {exc}") from None
     if not secret:
         raise SystemExit("no secret: give --client-secret (or CBST_CLIENT_SECRET), or --key-file for private_key_jwt")
-    return ClientCredentials(args.issuer, client_id, client_secret=secret, scope=args.scope, resource=resource)
-
-
-def _json_arg(values: list[str] | None, index: int = 1) -> dict[str, Any]:
-    return json.loads(values[index]) if values and len(values) > index else {}
+    try:
+        return ClientCredentials(args.issuer, client_id, client_secret=secret, scope=args.scope, resource=resource)
+    except ValueError as exc:
+        raise SystemExit(str(exc)) from None
 
 
 async def step(label: str, coro: Any) -> Any:
@@ -87,7 +126,7 @@ async def step(label: str, coro: Any) -> Any:
         result = await coro
     except TokenError:
         raise
-    except Exception as exc:  # noqa: BLE001 - print the refusal and go on
+    except Exception as exc:
         print(f"{label}: refused — {exc}")
         return None
     return result
@@ -95,6 +134,9 @@ async def step(label: str, coro: Any) -> Any:
 
 async def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if not args.verbose:
+        # The MCP SDK logs the failures it raises (with tracebacks); main reports them in one line.
+        logging.getLogger("mcp").setLevel(logging.CRITICAL + 1)
     creds = credentials_from(args)
     try:
         token = await creds.aget_token()
@@ -108,20 +150,25 @@ async def main(argv: list[str] | None = None) -> int:
 
     try:
         return await session(client_for(creds, args), creds, args)
-    except Exception as exc:  # noqa: BLE001 - a connection failure may come wrapped in an ExceptionGroup
-        cause = _connection_error(exc)
-        if cause is None:
-            raise
-        print(f"cannot reach the MCP server at {args.server}: {cause or type(cause).__name__}", file=sys.stderr)
+    except Exception as exc:
+        if (cause := _find(exc, (httpx2.TransportError, OSError))) is not None:
+            print(f"cannot reach the MCP server at {args.server}: {cause or type(cause).__name__}", file=sys.stderr)
+        elif (cause := _find(exc, (TokenError,))) is not None:  # a step-up the IdP refused, or an IdP gone
+            print(f"no token: {cause}", file=sys.stderr)
+        else:  # not an MCP server, or a broken one (an error page from a proxy...)
+            cause = _find(exc, (Exception,)) or exc
+            reason = (str(cause).strip().splitlines() or [type(cause).__name__])[0]
+            print(f"the MCP server at {args.server} failed: {reason}", file=sys.stderr)
         return 1
 
 
-def _connection_error(exc: BaseException) -> BaseException | None:
-    if isinstance(exc, (httpx2.TransportError, OSError)):
-        return exc
-    for inner in getattr(exc, "exceptions", ()):
-        found = _connection_error(inner)
-        if found is not None:
+def _find(exc: BaseException, kinds: tuple[type[BaseException], ...]) -> BaseException | None:
+    """The first exception of ``kinds`` in ``exc`` or, depth first, the groups it holds."""
+    inner = getattr(exc, "exceptions", None)
+    if inner is None:
+        return exc if isinstance(exc, kinds) else None
+    for sub in inner:
+        if (found := _find(sub, kinds)) is not None:
             return found
     return None
 
@@ -143,17 +190,15 @@ async def session(mcp_client: Any, creds: Any, args: argparse.Namespace) -> int:
         if prompts := await step("prompts/list", client.list_prompts()):
             print("prompts:", ", ".join(p.name for p in prompts.prompts) or "(none)")
 
-        name = args.call[0] if args.call else "echo"
-        arguments = _json_arg(args.call) if args.call else {"text": "hello from examples/client.py"}
+        name, arguments = args.call or ("echo", {"text": "hello from examples/client.py"})
         if result := await step(f"tools/call {name}", client.call_tool(name, arguments)):
             text = "".join(getattr(c, "text", "") for c in result.content)
             print(f"tools/call {name}: {text}{'  (tool error)' if result.is_error else ''}")
-        if args.read:
-            if content := await step(f"resources/read {args.read}", client.read_resource(args.read)):
-                print(f"resources/read {args.read}:", "".join(getattr(c, "text", "") for c in content.contents))
+        if args.read and (content := await step(f"resources/read {args.read}", client.read_resource(args.read))):
+            print(f"resources/read {args.read}:", "".join(getattr(c, "text", "") for c in content.contents))
         if args.prompt:
-            pname = args.prompt[0]
-            if prompt := await step(f"prompts/get {pname}", client.get_prompt(pname, _json_arg(args.prompt))):
+            pname, parguments = args.prompt
+            if prompt := await step(f"prompts/get {pname}", client.get_prompt(pname, parguments)):
                 print(f"prompts/get {pname}:", prompt.messages[0].content.text if prompt.messages else "")
     if creds.scope != asked:
         print(f"stepped up to scope {creds.scope!r}")

@@ -4,7 +4,7 @@ Run it against a running IdP (``idp serve``)::
 
     .venv/bin/python examples/server.py --issuer http://127.0.0.1:8000 --port 9000
 
-(or set ``CBST_ISSUER``, ``CBST_RESOURCE``, ``CBST_PORT``). The resource URI defaults to
+(or set ``CBST_ISSUER``, ``CBST_RESOURCE``, ``CBST_PORT``, ``CBST_IN_SESSION_DENIALS``). The resource URI defaults to
 ``http://127.0.0.1:<port>/mcp``: register your client with that audience at the IdP, e.g.
 ``idp clients add agent --capabilities "tools/call:echo resources/read:file:///docs/**" \
 --audience http://127.0.0.1:9000/mcp``.
@@ -19,6 +19,9 @@ What it offers:
 
 A token with ``tools/call:echo`` sees only ``echo`` in ``tools/list``, can call only ``echo``,
 and gets HTTP 403 ``insufficient_scope`` naming ``tools/call:delete-file`` if it tries that.
+Clients that end their whole session on an HTTP 403 (the mcp 1.x Python client; fastmcp 2.x
+hangs) want ``--in-session-denials jsonrpc``: a denial inside a session is then HTTP 200 with
+the JSON-RPC error alone, and the session goes on.
 """
 
 from __future__ import annotations
@@ -31,10 +34,10 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a checkout
 
-from mcp.server.mcpserver import MCPServer  # noqa: E402
-from mcp.types import ToolAnnotations  # noqa: E402
+from mcp.server.mcpserver import MCPServer
+from mcp.types import ToolAnnotations
 
-from sdk.server import CBSTMiddleware, ProtectionConfig  # noqa: E402
+from sdk.server import CBSTMiddleware, ProtectionConfig
 
 DOCS = {
     "readme.md": "# Example\nA protected MCP server.\n",
@@ -99,7 +102,7 @@ def create_app(config: ProtectionConfig, *, stateless: bool = False, json_respon
     return CBSTMiddleware(inner, config)
 
 
-def main(argv: list[str] | None = None) -> None:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--issuer", default=os.environ.get("CBST_ISSUER", "http://127.0.0.1:8000"))
     parser.add_argument("--port", type=int, default=int(os.environ.get("CBST_PORT", "9000")))
@@ -109,20 +112,32 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--json-response", action="store_true", help="answer JSON instead of SSE")
     parser.add_argument("--stateless", action="store_true", help="no sessions (handshake generation)")
     parser.add_argument("--log-tool-arguments", action="store_true")
-    args = parser.parse_args(argv)
+    parser.add_argument("--in-session-denials", choices=["http", "jsonrpc"],
+                        default=os.environ.get("CBST_IN_SESSION_DENIALS", "http"),
+                        help="a capability denial inside a session: HTTP 403 (default), or HTTP 200 with "
+                             "the JSON-RPC error only (for mcp 1.x / fastmcp 2.x clients)")
+    return parser.parse_args(argv)
 
+
+def build_config(args: argparse.Namespace) -> ProtectionConfig:
+    return ProtectionConfig(
+        issuer=args.issuer, resource=args.resource or f"http://{args.host}:{args.port}/mcp",
+        resource_name="CBST example server",
+        scopes_supported=["tools/call:echo", "tools/call:add", "resources/read:file:///docs/**",
+                          "prompts/get:summarize"],
+        log_tool_arguments=args.log_tool_arguments, in_session_denials=args.in_session_denials,
+    )
+
+
+def main(argv: list[str] | None = None) -> None:
     import logging
 
     import uvicorn
 
+    args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    resource = args.resource or f"http://{args.host}:{args.port}/mcp"
-    config = ProtectionConfig(
-        issuer=args.issuer, resource=resource, resource_name="CBST example server",
-        scopes_supported=["tools/call:echo", "tools/call:add", "resources/read:file:///docs/**",
-                          "prompts/get:summarize"],
-        log_tool_arguments=args.log_tool_arguments,
-    )
+    config = build_config(args)
+    resource = config.resource
     app = create_app(config, stateless=args.stateless, json_response=args.json_response)
     print(f"protected MCP server on {resource} (issuer {args.issuer})", file=sys.stderr)
     uvicorn.run(app, host=args.host, port=args.port, log_level="warning")

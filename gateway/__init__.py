@@ -3,11 +3,12 @@
 ``cbst-gateway`` (``gateway.cli``) wraps one of two ASGI apps in the SDK's
 ``CBSTMiddleware``: ``HTTPUpstreamProxy`` (a streaming reverse proxy to a streamable-HTTP MCP
 server) or ``StdioBridge`` (a supervised stdio MCP server exposed over streamable HTTP).
-See docs/gateway.md.
+Every exception it raises on purpose derives from ``GatewayError``. See docs/gateway.md.
 """
 
+from .errors import GatewayConfigError, GatewayError, StdioStartError
 from .http_proxy import HTTPUpstreamProxy
 from .stdio_bridge import StdioBridge
-from .stdio_child import StdioChild, StdioStartError
+from .stdio_child import StdioChild
 
-__all__ = ["HTTPUpstreamProxy", "StdioBridge", "StdioChild", "StdioStartError"]
+__all__ = ["GatewayConfigError", "GatewayError", "HTTPUpstreamProxy", "StdioBridge", "StdioChild", "StdioStartError"]

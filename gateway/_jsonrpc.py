@@ -1,39 +1,43 @@
-"""JSON-RPC 2.0 framing helpers shared by the HTTP proxy and the stdio bridge.
+"""JSON-RPC 2.0 framing of the gateway: what the HTTP proxy and the stdio bridge both need.
 
-Only what a gateway needs: parse a POST body into messages, classify them, build error
-objects and HTTP/SSE responses. No MCP semantics beyond message shapes.
+Parse a POST body into messages, classify them, build error objects and HTTP/SSE responses.
+The wire constants (error codes, protocol versions, ``_meta`` keys) and the ASGI shapes are the
+SDK's (:mod:`sdk.mcp_protocol`, :mod:`sdk.asgi`); no MCP semantics here beyond message shapes.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
-# ASGI types (the spec's own shapes; no framework needed)
-Scope = MutableMapping[str, Any]
-ASGIMessage = MutableMapping[str, Any]
-Receive = Callable[[], Awaitable[ASGIMessage]]
-Send = Callable[[ASGIMessage], Awaitable[None]]
+from sdk.asgi import Send
+from sdk.mcp_protocol import INTERNAL_ERROR, INVALID_REQUEST, METHOD_NOT_FOUND, PARSE_ERROR
 
-# JSON-RPC 2.0 / MCP error codes used by the gateway.
-PARSE_ERROR = -32700
-INVALID_REQUEST = -32600
-METHOD_NOT_FOUND = -32601
-INTERNAL_ERROR = -32603
-UNSUPPORTED_PROTOCOL_VERSION = -32022  # MCP 2026-07-28
-
-HANDSHAKE_PROTOCOL_VERSIONS = ("2024-11-05", "2025-03-26", "2025-06-18", "2025-11-25")
-LATEST_HANDSHAKE_VERSION = HANDSHAKE_PROTOCOL_VERSIONS[-1]
-MODERN_PROTOCOL_VERSIONS = ("2026-07-28",)
-LATEST_MODERN_VERSION = MODERN_PROTOCOL_VERSIONS[-1]
-# 2026-07-28 per-request envelope keys (params._meta)
-META_PROTOCOL_VERSION = "io.modelcontextprotocol/protocolVersion"
-META_CLIENT_CAPABILITIES = "io.modelcontextprotocol/clientCapabilities"
-META_CLIENT_INFO = "io.modelcontextprotocol/clientInfo"
-META_SUBSCRIPTION_ID = "io.modelcontextprotocol/subscriptionId"
+__all__ = [
+    "INTERNAL_ERROR",
+    "INVALID_REQUEST",
+    "LONG_LIVED_METHODS",
+    "METHOD_NOT_FOUND",
+    "PARSE_ERROR",
+    "Message",
+    "dumps",
+    "error",
+    "is_notification",
+    "is_request",
+    "is_response",
+    "member",
+    "parse_body",
+    "send_accepted",
+    "send_errors",
+    "send_json",
+    "sse_event",
+]
 
 Message = dict[str, Any]
+
+#: Requests whose answer legitimately stays open for as long as the client wants, silent in
+#: between events (2026-07-28, SEP-2575): no answer timeout applies to them.
+LONG_LIVED_METHODS = frozenset({"subscriptions/listen"})
 
 
 def dumps(obj: Any) -> bytes:
@@ -63,20 +67,17 @@ def is_response(m: Message) -> bool:
     return "method" not in m and ("result" in m or "error" in m)
 
 
+def member(obj: Message, key: str) -> dict[str, Any]:
+    """``obj[key]`` if it is an object (``params``, ``_meta``), else an empty one."""
+    value = obj.get(key)
+    return value if isinstance(value, dict) else {}
+
+
 def error(id_: Any, code: int, message: str, data: Any = None) -> Message:
     err: dict[str, Any] = {"code": code, "message": message}
     if data is not None:
         err["data"] = data
     return {"jsonrpc": "2.0", "id": id_, "error": err}
-
-
-def request_ids(body: bytes) -> list[Any]:
-    """Ids of the requests in a POST body; empty if it does not parse."""
-    try:
-        messages, _ = parse_body(body)
-    except ValueError:
-        return []
-    return [m["id"] for m in messages if is_request(m)]
 
 
 def sse_event(message: Message) -> bytes:
@@ -101,22 +102,7 @@ async def send_errors(send: Send, status: int, ids: list[Any], code: int, messag
         await send_json(send, status, [error(i, code, message) for i in ids])
 
 
-class BodyTooLarge(Exception):
-    pass
-
-
-async def read_body(receive: Any, limit: int) -> bytes | None:
-    """The whole request body; None if the client went away; BodyTooLarge past ``limit`` bytes."""
-    chunks: list[bytes] = []
-    size = 0
-    while True:
-        msg = await receive()
-        if msg["type"] == "http.disconnect":
-            return None
-        chunk = msg.get("body", b"")
-        size += len(chunk)
-        if size > limit:
-            raise BodyTooLarge(f"request body exceeds {limit} bytes")
-        chunks.append(chunk)
-        if not msg.get("more_body", False):
-            return b"".join(chunks)
+async def send_accepted(send: Send) -> None:
+    """HTTP 202, no body: the answer to a POST of notifications or responses only."""
+    await send({"type": "http.response.start", "status": 202, "headers": [(b"content-length", b"0")]})
+    await send({"type": "http.response.body", "body": b""})

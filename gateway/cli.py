@@ -1,7 +1,9 @@
 """``cbst-gateway``: serve an unmodified MCP server behind CBST capability enforcement.
 
-    cbst-gateway --issuer URL --resource URL --port P [--host 127.0.0.1]
+    cbst-gateway --issuer URL --resource URL --port P [--host 127.0.0.1] [options]
                  (--upstream http://127.0.0.1:3000/mcp | --upstream-stdio "COMMAND ARGS")
+
+(``cbst-gateway --help`` lists the options; docs/gateway.md explains them.)
 
 SIGINT/SIGTERM: graceful shutdown (stdio servers stopped), then exit by that signal, as uvicorn
 does. Exit status 1 when the stdio server cannot be started or keeps crashing or the port
@@ -12,17 +14,22 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import ipaddress
 import logging
+import os
 import sys
 from typing import Any
 from urllib.parse import urlsplit
 
+from sdk.net import is_loopback
+
+from .errors import GatewayConfigError, StdioStartError
 from .http_proxy import HEALTH_PATH, HTTPUpstreamProxy
 from .stdio_bridge import StdioBridge
-from .stdio_child import StdioStartError
 
 log = logging.getLogger("cbst.gateway")
+
+IN_SESSION_DENIALS = ("http", "jsonrpc")
+IN_SESSION_DENIALS_ENV = "CBST_GATEWAY_IN_SESSION_DENIALS"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -52,6 +59,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="stdio: never start a 2026-07-28 process; such clients are told to use initialize")
     p.add_argument("--tool-rate", type=float, default=3.0,
                    help="tool calls per second per client (token bucket; 0 disables; default 3)")
+    p.add_argument("--in-session-denials", choices=IN_SESSION_DENIALS,
+                   default=os.environ.get(IN_SESSION_DENIALS_ENV, "http"),
+                   help="a capability denial inside a session: HTTP 403 with a challenge (http, the default), "
+                        "or HTTP 200 carrying only the JSON-RPC error (jsonrpc: for clients that end their "
+                        f"session on an HTTP error, such as mcp 1.x and fastmcp 2.x); env {IN_SESSION_DENIALS_ENV}")
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     p.add_argument("--no-auth", action="store_true",
                    help="development only: no token checks at all; refused unless --host is loopback")
@@ -62,22 +74,6 @@ def mcp_path(args: argparse.Namespace) -> str:
     if args.path:
         return str(args.path)
     return urlsplit(args.resource).path.rstrip("/") or "/mcp"
-
-
-def protect(app: Any, *, issuer: str, resource: str, path: str, **options: Any) -> Any:
-    """Wrap ``app`` in the SDK's capability-enforcing middleware (``options``: ProtectionConfig)."""
-    from sdk.server import CBSTMiddleware, ProtectionConfig
-
-    return CBSTMiddleware(app, ProtectionConfig(issuer=issuer, resource=resource, mcp_path=path, **options))
-
-
-def _is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 async def serve(args: argparse.Namespace) -> int:
@@ -100,32 +96,39 @@ async def serve(args: argparse.Namespace) -> int:
 
         try:  # validated before anything starts
             config = ProtectionConfig(issuer=args.issuer, resource=args.resource, mcp_path=path,
-                                      tool_rate=args.tool_rate or None, public_paths=(HEALTH_PATH,))
+                                      tool_rate=args.tool_rate or None, public_paths=(HEALTH_PATH,),
+                                      in_session_denials=args.in_session_denials)
         except ValueError as exc:
             print(f"cbst-gateway: error: {exc}", file=sys.stderr, flush=True)
             return 2
     inner: HTTPUpstreamProxy | StdioBridge
-    if args.upstream:
-        inner = HTTPUpstreamProxy(args.upstream, path=path, timeout=args.timeout)
-    else:
-        inner = StdioBridge(args.upstream_stdio, path=path, request_timeout=args.timeout,
-                            start_timeout=args.start_timeout, max_restarts=args.max_restarts,
-                            modern=not args.stdio_handshake_only, on_fatal=fatal)
+    try:
+        if args.upstream:
+            inner = HTTPUpstreamProxy(args.upstream, path=path, timeout=args.timeout)
+        else:
+            inner = StdioBridge(args.upstream_stdio, path=path, request_timeout=args.timeout,
+                                start_timeout=args.start_timeout, max_restarts=args.max_restarts,
+                                modern=not args.stdio_handshake_only, on_fatal=fatal)
+    except GatewayConfigError as exc:
+        print(f"cbst-gateway: error: {exc}", file=sys.stderr, flush=True)
+        return 2
+    if isinstance(inner, StdioBridge):
         try:
             await inner.start()
         except StdioStartError as exc:
             print(f"cbst-gateway: error: {exc}", file=sys.stderr, flush=True)
             return 1
     try:
-        if config is None:
-            app: Any = inner
+        if config is None:  # no tokens, but still no DNS rebinding (MCP transport: Origin check)
+            from sdk.server.origin import OriginGuard
+
+            app: Any = OriginGuard(inner, resource=args.resource)
         else:
             from sdk.server import CBSTMiddleware
 
             app = CBSTMiddleware(inner, config)
-        config = uvicorn.Config(app, host=args.host, port=args.port, log_level=args.log_level,
-                                lifespan="auto", access_log=args.log_level == "debug")
-        server = uvicorn.Server(config)
+        server = uvicorn.Server(uvicorn.Config(app, host=args.host, port=args.port, log_level=args.log_level,
+                                               lifespan="auto", access_log=args.log_level == "debug"))
         upstream = args.upstream or f"stdio `{args.upstream_stdio}`"
         log.info("cbst-gateway: http://%s:%d%s -> %s (%s)", args.host, args.port, path, upstream,
                  "NO AUTH" if args.no_auth else f"tokens from {args.issuer}")
@@ -143,7 +146,9 @@ async def serve(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> None:
     parser = build_parser()
     args = parser.parse_args(argv)
-    if args.no_auth and not _is_loopback(args.host):
+    if args.in_session_denials not in IN_SESSION_DENIALS:  # from the environment: argparse checks only flags
+        parser.error(f"--in-session-denials ({IN_SESSION_DENIALS_ENV}) must be one of {', '.join(IN_SESSION_DENIALS)}")
+    if args.no_auth and not is_loopback(args.host):
         parser.error("--no-auth is only allowed on a loopback --host")
     for name in ("issuer", "resource"):
         if urlsplit(getattr(args, name)).scheme not in ("http", "https"):
@@ -154,12 +159,6 @@ def main(argv: list[str] | None = None) -> None:
         parser.error("--tool-rate must be >= 0")
     logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    if not args.no_auth:
-        try:
-            import sdk.server  # noqa: F401
-        except ImportError as exc:
-            print(f"cbst-gateway: error: the CBST middleware is not available ({exc})", file=sys.stderr)
-            sys.exit(1)
     try:
         sys.exit(asyncio.run(serve(args)))
     except KeyboardInterrupt:

@@ -4,8 +4,9 @@ Forwards POST/GET/DELETE on the MCP path to one upstream URL (MCP spec, Transpor
 Streamable HTTP). Only the headers the transport defines travel upstream; the client's
 ``Authorization`` never does (MCP spec, Authorization → Access Token Privilege Restriction:
 no token passthrough). SSE responses are relayed event by event as they arrive, never
-buffered. Every upstream failure — refused connection, timeout, 5xx, a body that is not
-JSON-RPC — is answered as a JSON-RPC error (code -32603) whose message names the upstream.
+buffered; a ``subscriptions/listen`` stream may stay silent for as long as it likes. Every
+upstream failure — refused connection, timeout, 5xx, a body that is not JSON-RPC — is answered
+as a JSON-RPC error (code -32603) whose message names the upstream.
 """
 
 from __future__ import annotations
@@ -17,8 +18,12 @@ from typing import Any
 import anyio
 import httpx
 
+from sdk.asgi import BodyTooLarge, Receive, Scope, Send, read_body
+from sdk.server.endpoint import MCPEndpoint
+
 from . import _jsonrpc as rpc
-from ._jsonrpc import Receive, Scope, Send
+from ._lifespan import serve_lifespan
+from .errors import GatewayConfigError
 
 log = logging.getLogger("cbst.gateway.http")
 
@@ -39,7 +44,8 @@ class HTTPUpstreamProxy:
     """ASGI app: the MCP endpoint at ``path`` relayed to ``upstream``.
 
     ``timeout`` bounds the wait for the upstream's answer and, inside a POST's SSE stream, the
-    silence between two chunks; a GET stream (server-initiated messages) may idle forever.
+    silence between two chunks; a GET stream (server-initiated messages) and the stream of a
+    long-lived request (``subscriptions/listen``) may idle forever.
     """
 
     def __init__(self, upstream: str, *, path: str = "/mcp", timeout: float = 120.0,
@@ -47,13 +53,14 @@ class HTTPUpstreamProxy:
                  max_json_response: int = 32 * 1024 * 1024) -> None:
         url = httpx.URL(upstream)
         if url.scheme not in ("http", "https") or not url.host:
-            raise ValueError(f"upstream must be an http(s) URL, got {upstream!r}")
+            raise GatewayConfigError(f"upstream must be an http(s) URL, got {upstream!r}")
         if not path.startswith("/"):
-            raise ValueError(f"path must start with '/', got {path!r}")
+            raise GatewayConfigError(f"path must start with '/', got {path!r}")
         if timeout <= 0 or connect_timeout <= 0:
-            raise ValueError("timeouts must be positive")
+            raise GatewayConfigError("timeouts must be positive")
         self.upstream = str(url)
         self.path = path
+        self.endpoint = MCPEndpoint(path)
         self.timeout = timeout
         self.connect_timeout = connect_timeout
         self.max_request_body = max_request_body
@@ -72,27 +79,20 @@ class HTTPUpstreamProxy:
             await self._client.aclose()
             self._client = None
 
-    async def _lifespan(self, receive: Receive, send: Send) -> None:
-        while True:
-            message = await receive()
-            if message["type"] == "lifespan.startup":
-                await send({"type": "lifespan.startup.complete"})
-            elif message["type"] == "lifespan.shutdown":
-                await self.aclose()
-                await send({"type": "lifespan.shutdown.complete"})
-                return
+    async def start(self) -> None:
+        """Nothing to prepare: the HTTP client is made on first use."""
 
     # -- ASGI ----------------------------------------------------------------------------
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
-            await self._lifespan(receive, send)
+            await serve_lifespan(receive, send, startup=self.start, shutdown=self.aclose)
             return
         if scope["type"] != "http":
             return
         if scope["path"] == HEALTH_PATH and scope["method"] == "GET":
-            await rpc.send_json(send, 200, {"status": "ok", "upstream": self.upstream})
+            await rpc.send_json(send, 200, {"status": "ok"})  # public: no upstream address
             return
-        if scope["path"].rstrip("/") != self.path.rstrip("/"):
+        if not self.endpoint.serves(scope):  # the middleware's own definition of the endpoint
             await rpc.send_json(send, 404, rpc.error(None, rpc.INVALID_REQUEST, f"no MCP endpoint at {scope['path']}"))
             return
         method = scope["method"]
@@ -103,8 +103,8 @@ class HTTPUpstreamProxy:
         body = b""
         if method == "POST":
             try:
-                got = await rpc.read_body(receive, self.max_request_body)
-            except rpc.BodyTooLarge as exc:
+                got = await read_body(receive, self.max_request_body)
+            except BodyTooLarge as exc:
                 await rpc.send_json(send, 413, rpc.error(None, rpc.INVALID_REQUEST, str(exc)))
                 return
             if got is None:
@@ -123,12 +123,15 @@ class HTTPUpstreamProxy:
         return headers
 
     async def _relay(self, scope: Scope, receive: Receive, send: Send, method: str, body: bytes) -> None:
-        ids = rpc.request_ids(body) if body else []
+        requests = _requests(body) if body else []
+        ids = [m["id"] for m in requests]
+        # The stream of a GET, or of a long-lived request, may idle as long as the client wants.
+        open_ended = method == "GET" or any(m["method"] in rpc.LONG_LIVED_METHODS for m in requests)
         url = self.upstream
         if scope.get("query_string"):
             url = str(httpx.URL(self.upstream).copy_merge_params(httpx.QueryParams(scope["query_string"].decode("latin-1"))))
         timeout = httpx.Timeout(self.timeout, connect=self.connect_timeout, pool=self.connect_timeout,
-                                read=None if method == "GET" else self.timeout)
+                                read=None if open_ended else self.timeout)
         client = self._http()
         request = client.build_request(method, url, headers=self._upstream_headers(scope), content=body or None,
                                        timeout=timeout)
@@ -177,16 +180,15 @@ class HTTPUpstreamProxy:
             await rpc.send_errors(send, 504, ids, rpc.INTERNAL_ERROR,
                                   f"upstream MCP server {self.upstream} did not finish its answer within {self.timeout:g}s")
             return
-        except (httpx.HTTPError, rpc.BodyTooLarge) as exc:
+        except (httpx.HTTPError, BodyTooLarge) as exc:
             await rpc.send_errors(send, 502, ids, rpc.INTERNAL_ERROR,
                                   f"upstream MCP server {self.upstream} failed mid-answer: {_describe(exc)}")
             return
-        if 200 <= status < 300 and (content or ids):
-            if ctype != "application/json" or not _is_jsonrpc(content):
-                await rpc.send_errors(send, 502, ids, rpc.INTERNAL_ERROR,
-                                      f"upstream MCP server {self.upstream} answered with something that is not "
-                                      f"JSON-RPC (HTTP {status}, content-type {ctype or 'none'!r})")
-                return
+        if 200 <= status < 300 and (content or ids) and (ctype != "application/json" or not _is_jsonrpc(content)):
+            await rpc.send_errors(send, 502, ids, rpc.INTERNAL_ERROR,
+                                  f"upstream MCP server {self.upstream} answered with something that is not "
+                                  f"JSON-RPC (HTTP {status}, content-type {ctype or 'none'!r})")
+            return
         # 2xx JSON, 202/204 without a body, and 4xx protocol answers (400 bad request, 404 unknown
         # session, 405 ...) are relayed as they are: they mean something to the client.
         headers = [h for h in headers if h[0] != b"content-length"]
@@ -200,18 +202,18 @@ class HTTPUpstreamProxy:
         async for chunk in response.aiter_raw():
             size += len(chunk)
             if size > self.max_json_response:
-                raise rpc.BodyTooLarge(f"answer exceeds {self.max_json_response} bytes")
+                raise BodyTooLarge(self.max_json_response)
             chunks.append(chunk)
         return b"".join(chunks)
 
     async def _error_detail(self, response: httpx.Response) -> str:
+        """The upstream's JSON-RPC error message in a 5xx body, if it sent one (best effort)."""
         try:
-            content = await self._read_bounded(response)
-            data = json.loads(content)
-            if isinstance(data, dict) and isinstance(data.get("error"), dict):
-                return f": {data['error'].get('message', '')}"
-        except Exception:  # noqa: BLE001 — a 5xx body is best-effort detail only
-            pass
+            data = json.loads(await self._read_bounded(response))
+        except (httpx.HTTPError, BodyTooLarge, ValueError):
+            return ""
+        if isinstance(data, dict) and isinstance(data.get("error"), dict):
+            return f": {data['error'].get('message', '')}"
         return ""
 
     async def _stream_sse(self, response: httpx.Response, receive: Receive, send: Send,
@@ -225,12 +227,10 @@ class HTTPUpstreamProxy:
 
         async def pump(cancel: anyio.CancelScope) -> None:
             nonlocal failure
-            buffer = b""
+            events = _SSEEvents(self.max_json_response)
             try:
                 async for chunk in response.aiter_raw():
-                    buffer = (buffer + chunk).replace(b"\r\n", b"\n")
-                    while b"\n\n" in buffer:
-                        block, buffer = buffer.split(b"\n\n", 1)
+                    for block in events.feed(chunk):
                         problem = _check_event(block, pending)
                         if problem:
                             failure = f"upstream MCP server {self.upstream} sent an invalid event: {problem}"
@@ -240,6 +240,8 @@ class HTTPUpstreamProxy:
                 failure = f"upstream MCP server {self.upstream} went silent for {self.timeout:g}s mid-stream"
             except httpx.HTTPError as exc:
                 failure = f"upstream MCP server {self.upstream} broke the stream: {_describe(exc)}"
+            except BodyTooLarge as exc:
+                failure = f"upstream MCP server {self.upstream} sent an event over {exc.limit} bytes"
             finally:
                 cancel.cancel()
 
@@ -261,6 +263,42 @@ async def _wait_disconnect(receive: Receive, cancel: anyio.CancelScope) -> None:
             cancel.cancel()
             return
         await anyio.sleep(0.05)  # a receive() that replays the body must not spin
+
+
+class _SSEEvents:
+    """Split an SSE byte stream into event blocks as each one completes.
+
+    Lines end with CRLF, LF or CR (WHATWG HTML, server-sent events); blocks come out with LF
+    line ends, without their blank line. A CR that ends a chunk ends its line at once (the event
+    is relayed now, not when the next chunk comes); an LF opening the next chunk is then the
+    second half of that CRLF. A block longer than ``limit`` bytes raises BodyTooLarge.
+    """
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self._buffer = b""
+        self._skip_lf = False
+
+    def feed(self, chunk: bytes) -> list[bytes]:
+        if self._skip_lf and chunk.startswith(b"\n"):
+            chunk = chunk[1:]
+        if not chunk:
+            return []
+        self._skip_lf = chunk.endswith(b"\r")
+        self._buffer += chunk.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
+        *blocks, self._buffer = self._buffer.split(b"\n\n")
+        if len(self._buffer) > self.limit:
+            raise BodyTooLarge(self.limit)
+        return blocks
+
+
+def _requests(body: bytes) -> list[rpc.Message]:
+    """The requests of a POST body; none if it does not parse (the upstream will say so)."""
+    try:
+        messages, _ = rpc.parse_body(body)
+    except ValueError:
+        return []
+    return [m for m in messages if rpc.is_request(m)]
 
 
 def _check_event(block: bytes, pending: list[Any]) -> str | None:

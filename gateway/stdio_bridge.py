@@ -9,8 +9,8 @@ clients and newline-delimited JSON-RPC to one supervised child (``StdioChild``):
 - Each POSTed request goes to the child under a gateway-unique id; its response comes back on
   that POST — as an SSE stream (progress notifications first, then the result) when the client
   accepts ``text/event-stream``, else as JSON. ``notifications/cancelled`` is translated.
-- Child notifications that belong to no request (list changes, log messages) go to every
-  session's GET stream.
+- Child notifications that belong to no request go to the sessions' GET streams: resource
+  updates to the sessions subscribed to that URI, list changes and log messages to all.
 - The 2026-07-28 generation (a POST without a session carrying ``MCP-Protocol-Version:
   2026-07-28``, or ``server/discover``): on first use the gateway starts a second process of
   the same command and asks it ``server/discover`` (a stdio connection is locked to the
@@ -30,11 +30,15 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from sdk import mcp_protocol as protocol
+from sdk.asgi import BodyTooLarge, Receive, Scope, Send, read_body
+from sdk.server.endpoint import MCPEndpoint
 
 from . import _jsonrpc as rpc
-from ._jsonrpc import Receive, Scope, Send
+from ._lifespan import serve_lifespan
+from .errors import GatewayConfigError, GatewayError, StdioStartError
 from .http_proxy import HEALTH_PATH
-from .stdio_child import StdioChild, StdioStartError
+from .stdio_child import StdioChild
 
 log = logging.getLogger("cbst.gateway.stdio")
 
@@ -60,18 +64,22 @@ class StdioBridge:
                  backoff: float = 0.25, max_sessions: int = 10_000, session_idle_timeout: float = 3600.0,
                  max_request_body: int = 4 * 1024 * 1024, modern: bool = True,
                  on_fatal: Callable[[str], None] | None = None) -> None:
-        argv = shlex.split(command) if isinstance(command, str) else list(command)
+        try:
+            argv = shlex.split(command) if isinstance(command, str) else list(command)
+        except ValueError as exc:  # e.g. an unbalanced quote
+            raise GatewayConfigError(f"cannot split the --upstream-stdio command {command!r}: {exc}") from None
         if not argv:
-            raise ValueError("empty --upstream-stdio command")
+            raise GatewayConfigError("empty --upstream-stdio command")
         if not path.startswith("/"):
-            raise ValueError(f"path must start with '/', got {path!r}")
+            raise GatewayConfigError(f"path must start with '/', got {path!r}")
         self.path = path
+        self.endpoint = MCPEndpoint(path)
         self.max_sessions = max_sessions
         self.session_idle_timeout = session_idle_timeout
         self.max_request_body = max_request_body
-        child_options: dict[str, Any] = dict(start_timeout=start_timeout, request_timeout=request_timeout,
-                                             max_restarts=max_restarts, restart_window=restart_window,
-                                             backoff=backoff, on_fatal=on_fatal)
+        child_options: dict[str, Any] = {"start_timeout": start_timeout, "request_timeout": request_timeout,
+                                         "max_restarts": max_restarts, "restart_window": restart_window,
+                                         "backoff": backoff, "on_fatal": on_fatal}
         self.child = StdioChild(argv, on_notification=self._broadcast, **child_options)
         # A second process of the same command for 2026-07-28 clients, started on first use if
         # ``modern``; a stdio connection is locked to the generation of its first message.
@@ -101,32 +109,17 @@ class StdioBridge:
             await self.modern_child.aclose()
         self._started = False
 
-    async def _lifespan(self, receive: Receive, send: Send) -> None:
-        while True:
-            message = await receive()
-            if message["type"] == "lifespan.startup":
-                try:
-                    await self.start()
-                except Exception as exc:  # noqa: BLE001 — reported to the server, which exits
-                    await send({"type": "lifespan.startup.failed", "message": str(exc)})
-                    return
-                await send({"type": "lifespan.startup.complete"})
-            elif message["type"] == "lifespan.shutdown":
-                await self.aclose()
-                await send({"type": "lifespan.shutdown.complete"})
-                return
-
     # -- ASGI ----------------------------------------------------------------------------
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
-            await self._lifespan(receive, send)
+            await serve_lifespan(receive, send, startup=self.start, shutdown=self.aclose)
             return
         if scope["type"] != "http":
             return
         if scope["path"] == HEALTH_PATH and scope["method"] == "GET":
             await self._health(send)
             return
-        if scope["path"].rstrip("/") != self.path.rstrip("/"):
+        if not self.endpoint.serves(scope):  # the middleware's own definition of the endpoint
             await rpc.send_json(send, 404, rpc.error(None, rpc.INVALID_REQUEST, f"no MCP endpoint at {scope['path']}"))
             return
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
@@ -142,13 +135,12 @@ class StdioBridge:
                                 headers=[(b"allow", b"GET, POST, DELETE")])
 
     async def _health(self, send: Send) -> None:
-        ready = self.child.failed is None and self.child.pid is not None and self.child._ready.is_set()  # noqa: SLF001
-        body = {"status": "ok" if ready else "unavailable", "command": self.child.command, "pid": self.child.pid,
-                "restarts": self.child.restarts, "sessions": len(self.sessions),
-                "modern": self._modern_state}
-        if not ready:
-            body["reason"] = self.child._unavailable_reason()  # noqa: SLF001
-        await rpc.send_json(send, 200 if ready else 503, body)
+        # Public (no token): whether the gateway can serve, nothing about the child (its command
+        # line, pid, stderr); the gateway log has the details.
+        if self.child.ready:
+            await rpc.send_json(send, 200, {"status": "ok"})
+        else:
+            await rpc.send_json(send, 503, {"status": "unavailable"})
 
     def _session(self, headers: dict[str, str]) -> tuple[_Session | None, int, str]:
         sid = headers.get("mcp-session-id")
@@ -162,8 +154,8 @@ class StdioBridge:
 
     async def _post(self, headers: dict[str, str], receive: Receive, send: Send) -> None:
         try:
-            body = await rpc.read_body(receive, self.max_request_body)
-        except rpc.BodyTooLarge as exc:
+            body = await read_body(receive, self.max_request_body)
+        except BodyTooLarge as exc:
             await rpc.send_json(send, 413, rpc.error(None, rpc.INVALID_REQUEST, str(exc)))
             return
         if body is None:
@@ -174,6 +166,14 @@ class StdioBridge:
             await rpc.send_json(send, 400, rpc.error(None, rpc.PARSE_ERROR, f"Parse error: {exc}"))
             return
         requests = [m for m in messages if rpc.is_request(m)]
+        streams_only = [m["id"] for m in requests if m["method"] in rpc.LONG_LIVED_METHODS]
+        if streams_only and "text/event-stream" not in headers.get("accept", ""):
+            # Its answer is an event stream that ends when the client leaves: as JSON it would
+            # never be complete (the official server answers 406 too).
+            await rpc.send_errors(send, 406, streams_only, rpc.INVALID_REQUEST,
+                                  "Not Acceptable: this request is answered with an event stream; "
+                                  "send Accept: text/event-stream")
+            return
 
         init = [m for m in requests if m["method"] == "initialize"]
         if init:
@@ -186,7 +186,7 @@ class StdioBridge:
 
         version = headers.get("mcp-protocol-version", "")
         if "mcp-session-id" not in headers and (
-                version in rpc.MODERN_PROTOCOL_VERSIONS or any(m["method"] == "server/discover" for m in requests)):
+                version in protocol.MODERN_VERSIONS or any(m["method"] == "server/discover" for m in requests)):
             await self._modern(version, messages, requests, batch, headers, receive, send)
             return
 
@@ -199,8 +199,7 @@ class StdioBridge:
             if rpc.is_notification(message):
                 await self._forward_notification(session, message)
         if not requests:
-            await send({"type": "http.response.start", "status": 202, "headers": [(b"content-length", b"0")]})
-            await send({"type": "http.response.body", "body": b""})
+            await rpc.send_accepted(send)
             return
         if "text/event-stream" in headers.get("accept", ""):
             await self._answer_sse(session, requests, receive, send)
@@ -213,21 +212,19 @@ class StdioBridge:
         child = await self._modern_child()
         if child is None:
             requested = version or str(((requests[0].get("params") or {}).get("_meta") or {}).get(
-                rpc.META_PROTOCOL_VERSION, "")) if requests else version
+                protocol.META_PROTOCOL_VERSION, "")) if requests else version
             supported = [self.child.protocol_version]
             text = (f"Unsupported protocol version: this gateway bridges a stdio server that speaks "
                     f"{supported[0]} (initialize handshake)")
             data = {"supported": supported, "requested": requested}
-            answers = [rpc.error(m["id"], rpc.UNSUPPORTED_PROTOCOL_VERSION, text, data) for m in requests]
-            if not answers:
-                answers = [rpc.error(None, rpc.UNSUPPORTED_PROTOCOL_VERSION, text, data)]
+            code = protocol.UNSUPPORTED_PROTOCOL_VERSION
+            answers = [rpc.error(m["id"], code, text, data) for m in requests] or [rpc.error(None, code, text, data)]
             await rpc.send_json(send, 400, answers if batch else answers[0])
             return
         if not requests:
             # 2026-07-28 streamable HTTP defines no client notifications (closing a request's
             # stream is its cancellation): accept and drop them.
-            await send({"type": "http.response.start", "status": 202, "headers": [(b"content-length", b"0")]})
-            await send({"type": "http.response.body", "body": b""})
+            await rpc.send_accepted(send)
             return
         if "text/event-stream" in headers.get("accept", ""):
             await self._answer_sse(None, requests, receive, send, child)
@@ -247,7 +244,7 @@ class StdioBridge:
                         await child.start()
                     except StdioStartError as exc:
                         log.info("the stdio server does not speak %s (%s): 2026-07-28 clients are told to use "
-                                 "initialize", rpc.LATEST_MODERN_VERSION, exc)
+                                 "initialize", protocol.LATEST_MODERN_VERSION, exc)
                         await child.aclose()
                         self._modern_state = "unsupported"
                     else:
@@ -260,9 +257,9 @@ class StdioBridge:
         if len(self.sessions) >= self.max_sessions:
             await rpc.send_json(send, 503, rpc.error(message["id"], rpc.INTERNAL_ERROR, "too many sessions"))
             return
-        if not await self.child._wait_ready() or self.child.initialize_result is None:  # noqa: SLF001
+        if not await self.child.wait_ready() or self.child.initialize_result is None:
             await rpc.send_json(send, 502, rpc.error(message["id"], rpc.INTERNAL_ERROR,
-                                                     self.child._unavailable_reason()))  # noqa: SLF001
+                                                     self.child.unavailable_reason()))
             return
         sid = secrets.token_hex(16)
         self.sessions[sid] = _Session(sid)
@@ -275,7 +272,7 @@ class StdioBridge:
         if method == "notifications/initialized":
             return  # the child was initialised by the gateway itself
         if method == "notifications/cancelled":
-            params = message.get("params") if isinstance(message.get("params"), dict) else {}
+            params = rpc.member(message, "params")
             gw_id = session.inflight.get(params.get("requestId"))
             if gw_id is None:
                 return
@@ -285,7 +282,8 @@ class StdioBridge:
     async def _call(self, session: _Session | None, message: rpc.Message,
                     on_event: Callable[[rpc.Message], Any] | None, child: StdioChild | None = None) -> rpc.Message:
         if session is None:  # 2026-07-28: stateless, nothing to track
-            assert child is not None
+            if child is None:
+                raise GatewayError("a request without a session needs the 2026-07-28 child")
             return await child.request(message, None, on_event)
         method = message["method"]
         uri = _uri_param(message)

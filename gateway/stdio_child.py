@@ -26,7 +26,10 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from sdk import mcp_protocol as protocol
+
 from . import _jsonrpc as rpc
+from .errors import GatewayConfigError, GatewayError, StdioStartError
 
 log = logging.getLogger("cbst.gateway.stdio")
 child_log = logging.getLogger("cbst.gateway.child")
@@ -34,18 +37,7 @@ child_log = logging.getLogger("cbst.gateway.child")
 EventSink = Callable[[rpc.Message], Awaitable[None]]
 
 STDOUT_LINE_LIMIT = 64 * 1024 * 1024
-
-
-class StdioStartError(RuntimeError):
-    """The child could not be started and initialised."""
-
-    def __init__(self, message: str, *, error: Any = None) -> None:
-        super().__init__(message)
-        self.error = error  # the child's JSON-RPC error object, when it refused
-
-
-# Requests that legitimately stay open for as long as the client wants (2026-07-28, SEP-2575).
-LONG_LIVED_METHODS = frozenset({"subscriptions/listen"})
+CLIENT_INFO = {"name": "cbst-gateway", "version": "0.1.0"}  # how the gateway introduces itself
 
 
 @dataclass
@@ -60,7 +52,6 @@ class _Pending:
 @dataclass
 class _Process:
     proc: asyncio.subprocess.Process
-    started: float
     tasks: list[asyncio.Task[Any]] = field(default_factory=list)
     ready: bool = False  # initialised; before that an exit is the starter's to report
     exited: asyncio.Event = field(default_factory=asyncio.Event)
@@ -72,16 +63,16 @@ class StdioChild:
 
     def __init__(self, argv: list[str], *, start_timeout: float = 30.0, request_timeout: float = 300.0,
                  max_restarts: int = 5, restart_window: float = 60.0, backoff: float = 0.25,
-                 client_info: dict[str, str] | None = None, generation: str = "handshake",
+                 generation: str = "handshake",
                  on_notification: Callable[[rpc.Message], None] | None = None,
                  on_fatal: Callable[[str], None] | None = None) -> None:
         if not argv:
-            raise ValueError("empty stdio command")
+            raise GatewayConfigError("empty stdio command")
         if generation not in ("handshake", "modern"):
-            raise ValueError(f"generation must be 'handshake' or 'modern', got {generation!r}")
+            raise GatewayConfigError(f"generation must be 'handshake' or 'modern', got {generation!r}")
         self.generation = generation
         if start_timeout <= 0 or request_timeout <= 0 or max_restarts < 0 or backoff < 0:
-            raise ValueError("timeouts must be positive and max_restarts/backoff non-negative")
+            raise GatewayConfigError("timeouts must be positive and max_restarts/backoff non-negative")
         self.argv = list(argv)
         self.command = " ".join(argv)
         self.start_timeout = start_timeout
@@ -89,7 +80,6 @@ class StdioChild:
         self.max_restarts = max_restarts
         self.restart_window = restart_window
         self.backoff = backoff
-        self.client_info = client_info or {"name": "cbst-gateway", "version": "0.1.0"}
         self.on_notification = on_notification
         self.on_fatal = on_fatal
         self.initialize_result: dict[str, Any] | None = None
@@ -112,11 +102,17 @@ class StdioChild:
         return self._current.proc.pid if self._current else None
 
     @property
+    def ready(self) -> bool:
+        """Up and initialised: requests go to the child now."""
+        return self.failed is None and self._ready.is_set() and self._current is not None
+
+    @property
     def protocol_version(self) -> str:
         if self.generation == "modern":
-            return rpc.LATEST_MODERN_VERSION
-        assert self.initialize_result is not None
-        return str(self.initialize_result.get("protocolVersion", rpc.LATEST_HANDSHAKE_VERSION))
+            return protocol.LATEST_MODERN_VERSION
+        if self.initialize_result is None:
+            raise GatewayError("the stdio server has not been initialised yet")
+        return str(self.initialize_result.get("protocolVersion", protocol.LATEST_HANDSHAKE_VERSION))
 
     async def start(self) -> None:
         """First start: spawn and initialise, or raise StdioStartError with the reason."""
@@ -145,8 +141,8 @@ class StdioChild:
         Progress notifications for this request go to ``on_event`` (token restored).
         """
         original_id = message.get("id")
-        if not await self._wait_ready():
-            return rpc.error(original_id, rpc.INTERNAL_ERROR, self._unavailable_reason())
+        if not await self.wait_ready():
+            return rpc.error(original_id, rpc.INTERNAL_ERROR, self.unavailable_reason())
         gw_id = gw_id or self.next_id()
         out = dict(message, id=gw_id)
         pending = _Pending(original_id, asyncio.get_running_loop().create_future(), on_event)
@@ -160,8 +156,8 @@ class StdioChild:
         self._pending[gw_id] = pending
         try:
             if not await self._write(out):
-                return rpc.error(original_id, rpc.INTERNAL_ERROR, self._unavailable_reason())
-            timeout = None if out.get("method") in LONG_LIVED_METHODS else self.request_timeout
+                return rpc.error(original_id, rpc.INTERNAL_ERROR, self.unavailable_reason())
+            timeout = None if out.get("method") in rpc.LONG_LIVED_METHODS else self.request_timeout
             try:
                 return await asyncio.wait_for(asyncio.shield(pending.future), timeout)
             except TimeoutError:
@@ -191,7 +187,7 @@ class StdioChild:
                 stderr=asyncio.subprocess.PIPE, limit=STDOUT_LINE_LIMIT, start_new_session=True)
         except OSError as exc:
             raise StdioStartError(f"cannot start stdio MCP server `{self.command}`: {exc.strerror or exc}") from exc
-        current = _Process(proc, time.monotonic())
+        current = _Process(proc)
         self._current = current
         current.tasks.append(asyncio.create_task(self._pump_stderr(current)))
         current.tasks.append(asyncio.create_task(self._read_stdout(current)))
@@ -201,16 +197,17 @@ class StdioChild:
         try:
             if self.generation == "handshake":
                 method = "initialize"
-                params: dict[str, Any] = {"protocolVersion": rpc.LATEST_HANDSHAKE_VERSION, "capabilities": {},
-                                          "clientInfo": self.client_info}
+                params: dict[str, Any] = {"protocolVersion": protocol.LATEST_HANDSHAKE_VERSION, "capabilities": {},
+                                          "clientInfo": CLIENT_INFO}
             else:
                 method = "server/discover"
-                params = {"_meta": {rpc.META_PROTOCOL_VERSION: rpc.LATEST_MODERN_VERSION,
-                                    rpc.META_CLIENT_CAPABILITIES: {}, rpc.META_CLIENT_INFO: self.client_info}}
+                params = {"_meta": {protocol.META_PROTOCOL_VERSION: protocol.LATEST_MODERN_VERSION,
+                                    protocol.META_CLIENT_CAPABILITIES: {}, protocol.META_CLIENT_INFO: CLIENT_INFO}}
             await self._write_raw(current, {"jsonrpc": "2.0", "id": init_id, "method": method, "params": params})
-            exit_wait = asyncio.ensure_future(current.exited.wait())
+            exit_wait: asyncio.Future[Any] = asyncio.ensure_future(current.exited.wait())
             try:
-                done, _ = await asyncio.wait({future, exit_wait}, timeout=self.start_timeout,
+                waiters: set[asyncio.Future[Any]] = {future, exit_wait}
+                done, _ = await asyncio.wait(waiters, timeout=self.start_timeout,
                                              return_when=asyncio.FIRST_COMPLETED)
             finally:
                 exit_wait.cancel()
@@ -225,10 +222,11 @@ class StdioChild:
             result = response.get("result")
             if "error" in response or not isinstance(result, dict):
                 raise StdioStartError(f"stdio MCP server `{self.command}` refused {method}: "
-                                      f"{json.dumps(response.get('error'))}", error=response.get("error"))
-            if self.generation == "modern" and rpc.LATEST_MODERN_VERSION not in (result.get("supportedVersions") or []):
+                                      f"{json.dumps(response.get('error'))}")
+            versions = result.get("supportedVersions") or []
+            if self.generation == "modern" and protocol.LATEST_MODERN_VERSION not in versions:
                 raise StdioStartError(f"stdio MCP server `{self.command}` does not support "
-                                      f"{rpc.LATEST_MODERN_VERSION} (server/discover: {result.get('supportedVersions')})")
+                                      f"{protocol.LATEST_MODERN_VERSION} (server/discover: {versions})")
             self.initialize_result = result
             if self.generation == "handshake":
                 await self._write_raw(current, {"jsonrpc": "2.0", "method": "notifications/initialized"})
@@ -300,6 +298,7 @@ class StdioChild:
             try:
                 await self._spawn_and_initialize()
                 self.restarts += 1
+                log.info("stdio MCP server `%s` restarted (%d restarts so far)", self.command, self.restarts)
                 return
             except StdioStartError as exc:
                 last = str(exc)
@@ -321,15 +320,17 @@ class StdioChild:
         self._pending.clear()
         self._progress.clear()
 
-    async def _wait_ready(self) -> bool:
+    async def wait_ready(self) -> bool:
+        """Wait (up to twice the start timeout) for a restarting child; whether it is ready."""
         if self.failed is None and not self._ready.is_set():
             try:
                 await asyncio.wait_for(self._ready.wait(), self.start_timeout * 2)
             except TimeoutError:
                 return False
-        return self.failed is None and self._ready.is_set() and self._current is not None
+        return self.ready
 
-    def _unavailable_reason(self) -> str:
+    def unavailable_reason(self) -> str:
+        """Why requests cannot be served (for JSON-RPC errors to authenticated clients)."""
         if self.failed:
             return f"upstream stdio server unavailable: {self.failed}"
         return f"upstream stdio server `{self.command}` is not running (restarting)"
@@ -359,10 +360,12 @@ class StdioChild:
         return True
 
     async def _pump_stderr(self, current: _Process) -> None:
-        assert current.proc.stderr is not None
+        stderr = current.proc.stderr
+        if stderr is None:
+            raise GatewayError("the stdio server was spawned without a stderr pipe")
         while True:
             try:
-                line = await current.proc.stderr.readline()
+                line = await stderr.readline()
             except ValueError:
                 continue
             if not line:
@@ -372,11 +375,13 @@ class StdioChild:
             child_log.info("[%s] %s", current.proc.pid, text)
 
     async def _read_stdout(self, current: _Process) -> None:
-        assert current.proc.stdout is not None
+        stdout = current.proc.stdout
+        if stdout is None:
+            raise GatewayError("the stdio server was spawned without a stdout pipe")
         try:
             while True:
                 try:
-                    line = await current.proc.stdout.readline()
+                    line = await stdout.readline()
                 except ValueError:
                     log.error("stdio MCP server sent a line over %d bytes; killing it", STDOUT_LINE_LIMIT)
                     current.proc.kill()
@@ -415,7 +420,7 @@ class StdioChild:
             return
         if not rpc.is_notification(message):
             return
-        params = message.get("params") if isinstance(message.get("params"), dict) else {}
+        params = rpc.member(message, "params")
         if message["method"] == "notifications/progress" and str(params.get("progressToken")) in self._progress:
             gw_id = self._progress[str(params["progressToken"])]
             pending = self._pending.get(gw_id)
@@ -423,20 +428,20 @@ class StdioChild:
                 event = dict(message, params=dict(params, progressToken=pending.progress_token))
                 try:
                     await pending.on_event(event)
-                except Exception:  # noqa: BLE001 — a slow or gone client must not stall the child
+                except Exception:
                     log.debug("progress delivery failed", exc_info=True)
             return
-        meta = params.get("_meta") if isinstance(params.get("_meta"), dict) else {}
-        listen_id = meta.get(rpc.META_SUBSCRIPTION_ID)
+        meta = rpc.member(params, "_meta")
+        listen_id = meta.get(protocol.META_SUBSCRIPTION_ID)
         if listen_id is not None and str(listen_id) in self._pending:
             # 2026-07-28 subscriptions/listen: events tagged with the listen request's id
             pending = self._pending[str(listen_id)]
             if pending.on_event is not None:
                 event = dict(message, params=dict(params, _meta=dict(meta, **{
-                    rpc.META_SUBSCRIPTION_ID: pending.original_id})))
+                    protocol.META_SUBSCRIPTION_ID: pending.original_id})))
                 try:
                     await pending.on_event(event)
-                except Exception:  # noqa: BLE001
+                except Exception:
                     log.debug("subscription event delivery failed", exc_info=True)
             return
         if message["method"] == "notifications/cancelled":

@@ -11,8 +11,8 @@ import contextlib
 import json
 import logging
 import random
-from collections.abc import AsyncIterator
-from typing import Any
+from collections.abc import AsyncIterator, Callable, Coroutine
+from typing import Any, ClassVar
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -23,8 +23,10 @@ from starlette.middleware.cors import CORSMiddleware
 from . import __version__, blocking, clock, logs
 from .config import Settings
 from .oauth2 import introspection, metadata, revocation, token_endpoint
-from .oauth2.errors import InvalidRequest, OAuthError, ServerBusy
-from .oauth2.forms import parse_form
+from .oauth2.errors import InvalidRequest, OAuthError, OAuthResponse, ServerBusy
+from .oauth2.forms import Form, parse_form
+from .oauth2.request import OAuthRequest
+from .oauth2.stores import Stores
 from .provider import Provider
 
 log = logging.getLogger("cbst.idp")
@@ -39,8 +41,9 @@ def _json(status: int, body: Any, headers: dict[str, str] | None = None) -> Resp
 
 
 #: Fields that must appear at most once (RFC 9110 §5.3): with two Authorization headers a proxy
-#: and this app could each act on a different one.
-_SINGLETON_FIELDS = (b"authorization", b"content-type", b"content-length")
+#: and this app could each act on a different one; a DPoP proof is one header (RFC 9449 §4.3).
+_SINGLETON_FIELDS = ("authorization", "content-type", "content-length", "dpop")
+Handler = Callable[[Stores, OAuthRequest], "OAuthResponse | Coroutine[Any, Any, OAuthResponse]"]
 
 
 class OAuthEndpoints:
@@ -49,15 +52,16 @@ class OAuthEndpoints:
     Why not FastAPI routes: its routing, dependency and middleware layers cost ~165 µs per request
     (shared/notes/baselines.md), more than signing a token; these endpoints parse their own form
     bodies anyway. Everything else (metadata, JWKS, CORS preflight, 404s) falls through to FastAPI.
+    The ASGI scope is read here only: handlers get one :class:`~idp.oauth2.request.OAuthRequest`.
     """
 
-    HANDLERS: dict[str, Any] = {
+    HANDLERS: ClassVar[dict[str, Handler]] = {
         "/token": token_endpoint.token,
         "/introspect": introspection.introspect,
         "/revoke": revocation.revoke,
     }
 
-    def __init__(self, app: Any, provider: Any, max_body: int) -> None:
+    def __init__(self, app: Any, provider: Callable[[], Stores], max_body: int) -> None:
         self.app = app
         self._provider = provider
         self._max_body = max_body
@@ -67,32 +71,47 @@ class OAuthEndpoints:
         if handler is None or scope["method"] != "POST":
             await self.app(scope, receive, send)
             return
-        headers = {k.lower(): v for k, v in scope["headers"]}
+        raw = scope["headers"]
+        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in raw}
         try:
-            if len(headers) != len(scope["headers"]):  # some field repeated: refuse ambiguous ones
-                names = [k.lower() for k, _ in scope["headers"]]
+            if len(headers) != len(raw):  # some field repeated: refuse ambiguous ones
+                names = [k.decode("latin-1").lower() for k, _ in raw]
                 if any(names.count(n) > 1 for n in _SINGLETON_FIELDS):
-                    raise InvalidRequest("repeated Authorization, Content-Type or Content-Length header field")
-            body = await self._read_body(headers.get(b"content-length"), receive)
-            ctype = headers.get(b"content-type")
-            form = parse_form(ctype.decode("latin-1") if ctype else None, body)
-            auth = headers.get(b"authorization")
-            result = await blocking.call(self._provider().settings.database_timeout, handler, self._provider(), form, auth.decode("latin-1") if auth is not None else None)
+                    raise InvalidRequest("repeated Authorization, Content-Type, Content-Length or DPoP header field")
+            body = await self._read_body(headers.get("content-length"), receive)
+            request = self._request(scope, headers, parse_form(headers.get("content-type"), body))
+            result = await blocking.call(self._provider().settings.database_timeout, handler, self._provider(), request)
         except OAuthError as exc:
             result = exc.response()
-        except Exception:  # noqa: BLE001 - a database outage must not leak a traceback
+        except Exception:  # a database outage must not leak a traceback
             log.exception("request failed", extra={"fields": {"path": scope.get("path")}})
             result = ServerBusy("the server cannot complete the request now; retry later").response()
         out = [(b"content-type", b"application/json")]
         out.extend((k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in result.headers.items())
-        if b"origin" in headers:  # CORS for browser-based clients; no credentials are involved
+        if "origin" in headers:  # CORS for browser-based clients; no credentials are involved
             out.append((b"access-control-allow-origin", b"*"))
         payload = result.encode()
         out.append((b"content-length", str(len(payload)).encode()))
         await send({"type": "http.response.start", "status": result.status, "headers": out})
         await send({"type": "http.response.body", "body": payload})
 
-    async def _read_body(self, declared: bytes | None, receive: Any) -> bytes:
+    @staticmethod
+    def _request(scope: dict[str, Any], headers: dict[str, str], form: Form) -> OAuthRequest:
+        host = headers.get("host") or "{}:{}".format(*scope.get("server") or ("localhost", 80))
+        peer = scope.get("client")
+        tls = (scope.get("extensions") or {}).get("tls") or {}  # the ASGI TLS extension, when the server has it
+        chain = tls.get("client_cert_chain")
+        return OAuthRequest(
+            method=scope["method"],
+            url=f"{scope.get('scheme', 'http')}://{host}{scope.get('root_path', '')}{scope['path']}",
+            headers=headers,
+            form=form,
+            remote_addr=peer[0] if peer else None,
+            client_cert=chain[0] if chain else None,  # the client's own certificate comes first
+            dpop=headers.get("dpop"),
+        )
+
+    async def _read_body(self, declared: str | None, receive: Any) -> bytes:
         """The body, refused with 413 past the limit (checked before and while reading)."""
         limit = self._max_body
         if declared is not None and (not declared.isdigit() or int(declared) > limit):
@@ -141,17 +160,17 @@ def create_app(settings: Settings | None = None, provider: Provider | None = Non
     def prov() -> Provider:
         return state["provider"] if "provider" in state else _lazy(state, settings, provider)
 
-    as_metadata = metadata.authorization_server_metadata(settings)
-    oidc_metadata = metadata.openid_configuration(settings)
     metadata_headers = {"Cache-Control": "public, max-age=3600"}
 
+    # Built per request (cheap, and rarely asked): always what the grant and client-authentication
+    # registries hold at that moment.
     @app.get("/.well-known/oauth-authorization-server", tags=["discovery"])
     async def oauth_metadata() -> Response:
-        return _json(200, as_metadata, metadata_headers)
+        return _json(200, metadata.authorization_server_metadata(settings), metadata_headers)
 
     @app.get("/.well-known/openid-configuration", tags=["discovery"])
     async def openid_configuration() -> Response:
-        return _json(200, oidc_metadata, metadata_headers)
+        return _json(200, metadata.openid_configuration(settings), metadata_headers)
 
     @app.get("/jwks", tags=["discovery"])
     async def jwks(request: Request) -> Response:
@@ -244,5 +263,5 @@ def app_from_env() -> Any:
     serving.exit_with_supervisor()
     settings = Settings()
     logs.configure(settings.log_level, settings.log_json)
-    serving.configure(settings.request_read_timeout, settings.max_connections_per_client)
+    serving.configure(settings.request_read_timeout, settings.client_connections)
     return create_app(settings)

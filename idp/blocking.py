@@ -7,7 +7,7 @@ every endpoint, ``/healthz`` included. Work still queued when its wait ends is c
 client that was told 503 is not served behind its back later; work already running finishes or
 fails on its own, bounded by the engine's timeouts once the database answers (``idp.db``).
 
-A coroutine function (the token endpoint) runs on an event loop of the worker thread's own, so
+A coroutine (the token endpoint's) runs on an event loop of the worker thread's own, so
 its blocking calls block only that thread; ``audit.GroupCommitter`` batches across those loops.
 """
 
@@ -77,16 +77,17 @@ def executor() -> ThreadPoolExecutor:
 
 def _run(fn: Callable[..., Any], args: tuple[Any, ...]) -> Any:
     _local.worker = True
-    if not inspect.iscoroutinefunction(fn):
-        return fn(*args)
+    result = fn(*args)
+    if not inspect.iscoroutine(result):  # a coroutine function, or a function returning one
+        return result
     loop: asyncio.AbstractEventLoop | None = getattr(_local, "loop", None)
     if loop is None:  # one loop per thread, reused: creating one costs more than the request
         loop = _local.loop = asyncio.new_event_loop()
-    return loop.run_until_complete(fn(*args))
+    return loop.run_until_complete(result)
 
 
 async def call(timeout: float, fn: Callable[..., T], *args: Any) -> T:
-    """``fn(*args)`` (awaited if it is a coroutine function) in a worker thread, waiting at most
+    """``fn(*args)`` (awaited if it returns a coroutine) in a worker thread, waiting at most
     ``timeout`` seconds; :class:`DatabaseUnavailable` when that passes or the database fails."""
     future = asyncio.get_running_loop().run_in_executor(_executor, _run, fn, args)
     try:

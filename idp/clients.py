@@ -1,22 +1,17 @@
-"""The client registry: registration and lookup of OAuth clients (RFC 6749 §2).
+"""The client registry: registration and lookup of OAuth clients (RFC 6749 §2), in SQL.
 
-Client secrets are generated here with 256 bits of entropy and stored only as a SHA-256 hash.
-A slow password hash (bcrypt, argon2) would add tens of milliseconds per token request and
-protects nothing extra for a secret that is not guessable to begin with; comparison is
-constant-time (``hmac.compare_digest``).
+Client secrets are generated here with 256 bits of entropy and stored only as a SHA-256 hash
+(see :mod:`idp.oauth2.client` for why, and for the record the protocol code works with).
 """
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import json
 import re
 import secrets
-from dataclasses import dataclass
 from functools import lru_cache
 from types import SimpleNamespace
-from typing import Any
+from typing import Any, cast
 from urllib.parse import urlsplit
 
 from sqlalchemy import Engine, bindparam, delete, insert, or_, select, update
@@ -26,14 +21,18 @@ from sdk.capabilities import CapabilityError, CapabilitySet
 
 from . import audit, clock
 from .models import AuditEvent, Client, RevokedToken
+from .oauth2 import client_auth
+from .oauth2.client import CLIENT, KINDS, ClientRecord, hash_secret
 from .sql import Prepared
+
+__all__ = ["AUTH_METHODS", "ClientError", "ClientRecord", "ClientRegistry", "generate_secret", "hash_secret"]
 
 _clients = Client.__table__  # type: ignore[attr-defined]
 _audit = AuditEvent.__table__  # type: ignore[attr-defined]
 _revoked = RevokedToken.__table__  # type: ignore[attr-defined]
 MAX_TOKEN_LIFETIME = 86400  # the upper bound of access_token_ttl (idp.config)
 
-AUTH_METHODS = ("client_secret_basic", "client_secret_post", "private_key_jwt")
+AUTH_METHODS = tuple(client_auth.METHODS)  # the registered client-authentication methods
 SECRET_PREFIX = "cbsts_"  # makes leaked secrets easy for scanners to recognise
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 MAX_AUDIENCES = 32
@@ -47,41 +46,6 @@ _parse_capabilities = lru_cache(maxsize=4096)(CapabilitySet.parse)
 
 class ClientError(ValueError):
     """A registration that cannot be made; the message says why."""
-
-
-@dataclass(frozen=True)
-class ClientRecord:
-    client_id: str
-    name: str
-    auth_method: str
-    secret_hash: str | None
-    jwks: dict[str, Any] | None
-    capabilities: CapabilitySet
-    audiences: tuple[str, ...]
-    enabled: bool
-    created_at: int
-    updated_at: int
-
-    def public_dict(self) -> dict[str, Any]:
-        return {
-            "client_id": self.client_id,
-            "name": self.name,
-            "auth_method": self.auth_method,
-            "capabilities": self.capabilities.to_scope(),
-            "audiences": list(self.audiences),
-            "enabled": self.enabled,
-            "created_at": self.created_at,
-            "updated_at": self.updated_at,
-            **({"jwks_kids": [k.get("kid") for k in self.jwks.get("keys", [])]} if self.jwks else {}),
-        }
-
-    def check_secret(self, secret: str) -> bool:
-        expected = self.secret_hash or ""
-        return hmac.compare_digest(hash_secret(secret), expected) and bool(expected)
-
-
-def hash_secret(secret: str) -> str:
-    return hashlib.sha256(secret.encode("utf-8", "surrogatepass")).hexdigest()
 
 
 def generate_secret() -> str:
@@ -100,8 +64,9 @@ def validate_audience(uri: str) -> str:
 
 def validate_jwks(jwks: Any) -> dict[str, Any]:
     """A client's public keys for private_key_jwt: a JWKS with at least one public signing key."""
+    from cryptography.hazmat.primitives.asymmetric import rsa
     from joserfc.errors import JoseError
-    from joserfc.jwk import KeySet
+    from joserfc.jwk import KeySet, KeySetSerialization
 
     if not isinstance(jwks, dict) or not isinstance(jwks.get("keys"), list) or not jwks["keys"]:
         raise ClientError("JWKS must be a JSON object with a non-empty 'keys' array")
@@ -111,11 +76,12 @@ def validate_jwks(jwks: Any) -> dict[str, Any]:
         if not isinstance(jwk, dict) or any(m in jwk for m in ("d", "p", "q", "k")):
             raise ClientError("JWKS must contain public keys only")
     try:
-        keys = KeySet.import_key_set(jwks).keys
+        keys = KeySet.import_key_set(cast(KeySetSerialization, jwks)).keys
     except (JoseError, ValueError, TypeError, KeyError) as exc:
         raise ClientError(f"invalid JWKS: {exc}") from None
     for key in keys:  # RFC 7518 §3.3/§3.5: RS*/PS* keys MUST be at least 2048 bits
-        if key.key_type == "RSA" and key.raw_value.key_size < MIN_RSA_BITS:
+        raw = key.raw_value
+        if isinstance(raw, (rsa.RSAPublicKey, rsa.RSAPrivateKey)) and raw.key_size < MIN_RSA_BITS:
             raise ClientError(f"RSA keys must be at least {MIN_RSA_BITS} bits (RFC 7518 section 3.3)")
     return jwks
 
@@ -128,7 +94,7 @@ def _record_of_row(row: tuple[Any, ...]) -> ClientRecord:
     """The record of a ``clients`` row, cached by the row's full contents: an updated client is a
     different row (new key), so nothing stale is ever returned, and the JSON columns are parsed
     once per version of a client instead of once per token request."""
-    return ClientRegistry._record(SimpleNamespace(**dict(zip(_COLUMNS, row))))
+    return ClientRegistry._record(SimpleNamespace(**dict(zip(_COLUMNS, row, strict=True))))
 
 
 class ClientRegistry:
@@ -151,6 +117,7 @@ class ClientRegistry:
             enabled=bool(row.enabled),
             created_at=row.created_at,
             updated_at=row.updated_at,
+            kind=row.kind,
         )
 
     def add(
@@ -161,26 +128,31 @@ class ClientRegistry:
         audiences: list[str] | tuple[str, ...] = (),
         auth_method: str = "client_secret_basic",
         jwks: dict[str, Any] | None = None,
+        kind: str = CLIENT,
         actor: str = "cli",
     ) -> tuple[ClientRecord, str | None]:
         """Register a client; returns it and, for secret methods, the secret (shown once)."""
         if not isinstance(name, str) or not _NAME.fullmatch(name):
-            raise ClientError("name must be 1-128 characters of letters, digits, '.', '_' or '-', starting alphanumeric")
+            raise ClientError(
+                "name must be 1-128 characters of letters, digits, '.', '_' or '-', starting alphanumeric")
         try:
             caps = CapabilitySet.parse(capabilities)
         except CapabilityError as exc:
             raise ClientError(str(exc)) from None
         if not len(caps):
             raise ClientError("a client needs at least one capability")
-        if auth_method not in AUTH_METHODS:
-            raise ClientError(f"auth method must be one of {', '.join(AUTH_METHODS)}")
+        if kind not in KINDS:
+            raise ClientError(f"kind must be one of {', '.join(KINDS)}")
+        method = client_auth.METHODS.get(auth_method)
+        if method is None:
+            raise ClientError(f"auth method must be one of {', '.join(client_auth.METHODS)}")
         if len(audiences) > MAX_AUDIENCES:
             raise ClientError(f"at most {MAX_AUDIENCES} audiences")
         auds = tuple(dict.fromkeys(validate_audience(a) for a in audiences))
         secret: str | None = None
-        if auth_method == "private_key_jwt":
+        if method.credential == "jwks":
             if jwks is None:
-                raise ClientError("private_key_jwt needs the client's public keys (--jwks FILE)")
+                raise ClientError(f"{auth_method} needs the client's public keys (--jwks FILE)")
             jwks = validate_jwks(jwks)
         elif jwks is not None:
             raise ClientError("--jwks is only for private_key_jwt")
@@ -199,6 +171,7 @@ class ClientRegistry:
             "enabled": True,
             "created_at": now,
             "updated_at": now,
+            "kind": kind,
         }
         try:
             with audit.transaction(self._engine) as tx:
@@ -207,7 +180,8 @@ class ClientRegistry:
                 tx.conn.execute(insert(_clients), [row])
                 tx.record(audit.Record(
                     "client.registered", actor, client_id=client_id,
-                    data={"name": name, "auth_method": auth_method, "capabilities": row["capabilities"], "audiences": list(auds)},
+                    data={"name": name, "kind": kind, "auth_method": auth_method, "capabilities": row["capabilities"],
+                          "audiences": list(auds)},
                 ))
         except IntegrityError:
             raise ClientError(f"a client named {name!r} already exists") from None
@@ -231,14 +205,18 @@ class ClientRegistry:
 
     def list(self) -> list[ClientRecord]:
         with self._engine.connect() as conn:
-            return [self._record(r) for r in conn.execute(select(_clients).order_by(_clients.c.created_at, _clients.c.name))]
+            rows = conn.execute(select(_clients).order_by(_clients.c.created_at, _clients.c.name))
+            return [self._record(r) for r in rows]
 
     def set_enabled(self, id_or_name: str, enabled: bool, *, actor: str = "cli") -> ClientRecord:
         client = self._require(id_or_name)
         with audit.transaction(self._engine) as tx:
-            tx.conn.execute(update(_clients).where(_clients.c.client_id == client.client_id).values(enabled=enabled, updated_at=clock.now()))
-            data = {} if enabled else {"revoked_tokens": _revoke_outstanding(tx, client.client_id, actor=actor, reason="client disabled")}
-            tx.record(audit.Record("client.enabled" if enabled else "client.disabled", actor, client_id=client.client_id, data=data))
+            tx.conn.execute(update(_clients).where(_clients.c.client_id == client.client_id)
+                            .values(enabled=enabled, updated_at=clock.now()))
+            data = {} if enabled else {
+                "revoked_tokens": _revoke_outstanding(tx, client.client_id, actor=actor, reason="client disabled")}
+            event = "client.enabled" if enabled else "client.disabled"
+            tx.record(audit.Record(event, actor, client_id=client.client_id, data=data))
         return self._require(client.client_id)
 
     def remove(self, id_or_name: str, *, actor: str = "cli") -> ClientRecord:
@@ -275,7 +253,8 @@ def _revoke_outstanding(tx: audit.Transaction, client_id: str, *, actor: str, re
     if not outstanding:
         return 0
     already = {r.jti for r in tx.conn.execute(select(_revoked.c.jti).where(_revoked.c.jti.in_(list(outstanding))))}
-    rows = [{"jti": j, "client_id": client_id, "expires_at": e, "revoked_at": now} for j, e in outstanding.items() if j not in already]
+    rows = [{"jti": j, "client_id": client_id, "expires_at": e, "revoked_at": now}
+            for j, e in outstanding.items() if j not in already]
     if rows:
         tx.conn.execute(insert(_revoked), rows)
         tx.record(*(audit.Record("token.revoked", actor, client_id=client_id, jti=r["jti"],

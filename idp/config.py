@@ -46,6 +46,19 @@ class Settings(BaseSettings):
     sqlite_synchronous: Literal["FULL", "NORMAL"] = Field(
         "FULL", description="SQLite durability: FULL survives power loss, NORMAL only process crashes."
     )
+    # Failed client authentications (idp.oauth2.throttle; see docs/configuration.md).
+    auth_fail_window: int = Field(60, ge=1, le=86400, description="Window of the failure limits, seconds.")
+    auth_fail_client: int = Field(
+        20, ge=0, le=1_000_000, description="Failed authentications per client_id per window before 429; 0 = no limit."
+    )
+    auth_fail_address: int = Field(
+        100, ge=0, le=1_000_000,
+        description="Failed authentications per remote address per window before 429; 0 = no limit.",
+    )
+    auth_fail_audits: int = Field(
+        100, ge=0, le=1_000_000,
+        description="Audit records of failed authentications per window (per process); 0 = none.",
+    )
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     log_json: bool = Field(True, description="Structured JSON log lines on stderr.")
     host: str = "127.0.0.1"
@@ -58,7 +71,7 @@ class Settings(BaseSettings):
     request_read_timeout: float = Field(
         10.0, ge=0.5, le=300, description="Time a client has to send a whole request (headers and body), seconds."
     )
-    max_connections_per_client: int = Field(
+    client_connections: int = Field(
         64, ge=0, description="Open connections per client address and worker process; 0 = no limit."
     )
 

@@ -14,6 +14,7 @@ key (KEK) comes from, in order:
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import os
 import secrets
@@ -27,11 +28,13 @@ from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
 
 from sdk.jws import b64url_decode, b64url_encode
 
+from .errors import IdPError
+
 KEK_FILE = "kek"
 _SCRYPT_N, _SCRYPT_R, _SCRYPT_P = 2**15, 8, 1
 
 
-class KeystoreError(RuntimeError):
+class KeystoreError(IdPError, RuntimeError):
     """The keystore cannot be opened or an envelope cannot be decrypted."""
 
 
@@ -44,7 +47,8 @@ class Keystore:
     _passphrase: bytes | None = None
 
     @classmethod
-    def open(cls, *, keys_dir: Path, kek: str | None = None, passphrase: str | None = None, create: bool = True) -> Keystore:
+    def open(cls, *, keys_dir: Path, kek: str | None = None, passphrase: str | None = None,
+             create: bool = True) -> Keystore:
         if kek:
             try:
                 raw = base64.urlsafe_b64decode(kek + "=" * (-len(kek) % 4))
@@ -61,10 +65,7 @@ class Keystore:
         if not path.exists():
             if not create:
                 raise KeystoreError(f"no keystore KEK at {path} and none configured")
-            try:
-                path.parent.mkdir(parents=True, exist_ok=True)
-            except OSError as exc:
-                raise KeystoreError(f"cannot create the keys directory {path.parent}: {exc.strerror}") from None
+            _make_private_dir(path.parent)
             # Write the whole key to a private temporary file, then link it into place: the
             # link is atomic, so a process starting at the same moment sees either no file or
             # a complete one (never the empty file an O_EXCL create leaves before its write).
@@ -77,15 +78,22 @@ class Keystore:
                     fh.write(b64url_encode(secrets.token_bytes(32)) + "\n")
                     fh.flush()
                     os.fsync(fh.fileno())
-                try:
+                with contextlib.suppress(FileExistsError):  # another process created it first: use theirs
                     os.link(tmp, path)
-                except FileExistsError:  # another process created it first: use theirs
-                    pass
+            except OSError as exc:  # e.g. a full disk: the partial temporary file goes below
+                raise KeystoreError(f"cannot write the keystore KEK {path}: {exc.strerror}") from None
             finally:
                 os.unlink(tmp)
-        if path.stat().st_mode & 0o077:
-            raise KeystoreError(f"{path} must be readable by its owner only (chmod 600)")
-        raw = b64url_decode(path.read_text().strip())
+        try:
+            if path.stat().st_mode & 0o077:
+                raise KeystoreError(f"{path} must be readable by its owner only (chmod 600)")
+            text = path.read_text()
+        except OSError as exc:
+            raise KeystoreError(f"cannot read the keystore KEK {path}: {exc.strerror}") from None
+        try:
+            raw = b64url_decode(text.strip())
+        except ValueError:
+            raw = b""
         if len(raw) != 32:
             raise KeystoreError(f"{path} does not hold a 32-byte key")
         return cls(f"file:{path}", _kek=raw)
@@ -93,14 +101,16 @@ class Keystore:
     def _key(self, salt: bytes | None) -> bytes:
         if self._kek is not None:
             return self._kek
-        assert self._passphrase is not None and salt is not None
+        if self._passphrase is None or salt is None:
+            raise KeystoreError("a passphrase keystore needs the envelope's salt")
         return Scrypt(salt=salt, length=32, n=_SCRYPT_N, r=_SCRYPT_R, p=_SCRYPT_P).derive(self._passphrase)
 
     def seal(self, plaintext: bytes, *, kid: str) -> str:
         salt = secrets.token_bytes(16) if self._passphrase is not None else None
         nonce = secrets.token_bytes(12)
         ct = AESGCM(self._key(salt)).encrypt(nonce, plaintext, kid.encode("utf-8"))
-        env = {"v": 1, "enc": "A256GCM", "kdf": "scrypt" if salt else "kek", "nonce": b64url_encode(nonce), "ct": b64url_encode(ct)}
+        env = {"v": 1, "enc": "A256GCM", "kdf": "scrypt" if salt else "kek", "nonce": b64url_encode(nonce),
+               "ct": b64url_encode(ct)}
         if salt:
             env.update(salt=b64url_encode(salt), n=_SCRYPT_N, r=_SCRYPT_R, p=_SCRYPT_P)
         return json.dumps(env, separators=(",", ":"))
@@ -113,8 +123,22 @@ class Keystore:
                 raise KeystoreError(
                     f"key {kid} was sealed with a {env.get('kdf')} keystore; this process has a {self.source} one"
                 )
-            return AESGCM(self._key(salt)).decrypt(b64url_decode(env["nonce"]), b64url_decode(env["ct"]), kid.encode("utf-8"))
+            return AESGCM(self._key(salt)).decrypt(b64url_decode(env["nonce"]), b64url_decode(env["ct"]),
+                                                   kid.encode("utf-8"))
         except InvalidTag:
             raise KeystoreError(f"cannot decrypt key {kid}: wrong passphrase/KEK for this database") from None
         except (KeyError, ValueError, TypeError) as exc:
             raise KeystoreError(f"corrupt keystore envelope for key {kid}: {exc}") from None
+
+
+def _make_private_dir(path: Path) -> None:
+    """Create the keys directory owner-only (0700) whatever the umask; an existing one is left as is."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            path.mkdir(mode=0o700)
+        except FileExistsError:
+            return
+        os.chmod(path, 0o700)  # mkdir's mode is filtered by the umask
+    except OSError as exc:
+        raise KeystoreError(f"cannot create the keys directory {path}: {exc.strerror}") from None

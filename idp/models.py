@@ -6,7 +6,7 @@ describe it for queries. ``tests/test_migrations.py`` checks the two agree.
 
 from __future__ import annotations
 
-from sqlalchemy import BigInteger, Column, Integer, Text
+from sqlalchemy import BigInteger, Column, Integer, String, Text
 from sqlmodel import Field, SQLModel
 
 
@@ -23,6 +23,8 @@ class Client(SQLModel, table=True):
     enabled: bool = True
     created_at: int = Field(sa_column=Column(BigInteger, nullable=False))
     updated_at: int = Field(sa_column=Column(BigInteger, nullable=False))
+    # 'client' or 'resource_server' (idp.oauth2.client.KINDS): who may introspect whose tokens.
+    kind: str = Field(default="client", sa_column=Column(String(32), nullable=False, server_default="client"))
 
 
 class SigningKey(SQLModel, table=True):
@@ -60,7 +62,8 @@ class AuditEvent(SQLModel, table=True):
 
     __tablename__ = "audit_events"
 
-    id: int | None = Field(default=None, sa_column=Column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True))
+    id: int | None = Field(default=None, sa_column=Column(BigInteger().with_variant(Integer, "sqlite"),
+                                                          primary_key=True, autoincrement=True))
     ts: int = Field(sa_column=Column(BigInteger, nullable=False, index=True))
     event: str = Field(max_length=64)
     actor: str = Field(max_length=128)

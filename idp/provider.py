@@ -1,19 +1,40 @@
-"""The provider: the storage objects and settings every endpoint and CLI command works with."""
+"""The provider: the storage objects and settings every endpoint and CLI command works with.
+
+It is what the protocol handlers get (:class:`idp.oauth2.stores.Stores`): SQL-backed stores
+behind the narrow interfaces ``idp.oauth2`` depends on.
+"""
 
 from __future__ import annotations
 
 import time
+from collections.abc import Awaitable
 from dataclasses import dataclass, field
+from typing import Any
 
 from sqlalchemy import Engine
 
 from . import audit, db
+from .assertion_jtis import AssertionReplayCache
 from .clients import ClientRegistry
 from .config import Settings
 from .keystore import Keystore
-from .oauth2.client_auth import AssertionReplayCache, AuthContext
+from .oauth2.client_auth import AuthContext
+from .oauth2.throttle import AuthThrottle
 from .revocations import RevocationList
 from .signing_keys import KeyRing
+
+
+@dataclass(frozen=True, slots=True)
+class GroupCommittedLog:
+    """The audit log as ``idp.oauth2`` sees it (:class:`~idp.oauth2.stores.AuditLog`): records go
+    through the provider's group committer, created on first use."""
+
+    provider: Provider
+
+    def record(self, event: str, actor: str, *, client_id: str | None = None, jti: str | None = None,
+               data: dict[str, Any] | None = None, ts: int | None = None) -> Awaitable[None]:
+        rec = audit.Record(event, actor, client_id=client_id, jti=jti, data=data, ts=ts)
+        return self.provider.committer.record(rec)
 
 
 @dataclass
@@ -26,6 +47,7 @@ class Provider:
     revocations: RevocationList
     assertion_jtis: AssertionReplayCache
     auth_context: AuthContext
+    auth_throttle: AuthThrottle
     _committer: audit.GroupCommitter | None = field(default=None, repr=False)
     _last_forced_key_refresh: float = field(default=float("-inf"), repr=False)
 
@@ -56,6 +78,12 @@ class Provider:
                 audiences=frozenset({issuer, issuer + "/token", issuer + "/introspect", issuer + "/revoke"}),
                 clock_skew=settings.clock_skew,
             ),
+            auth_throttle=AuthThrottle(
+                per_client=settings.auth_fail_client,
+                per_address=settings.auth_fail_address,
+                window=settings.auth_fail_window,
+                audit_limit=settings.auth_fail_audits,
+            ),
         )
 
     @property
@@ -63,6 +91,10 @@ class Provider:
         if self._committer is None:
             self._committer = audit.GroupCommitter(self.engine)
         return self._committer
+
+    @property
+    def audit_log(self) -> GroupCommittedLog:
+        return GroupCommittedLog(self)
 
     def refresh_keys_for_unknown_kid(self) -> bool:
         """A kid we do not know may be a key another process just created: re-read, at most once a second."""
@@ -74,7 +106,7 @@ class Provider:
 
     def maintain(self) -> list[str]:
         """Periodic housekeeping, safe to run in every process at once."""
-        events = self.keys.maintain()
+        events: list[str] = list(self.keys.maintain())  # (KeyRing.list shadows list in its annotations)
         pruned = audit.prune(self.engine, self.settings.audit_retention_days)
         if pruned:
             events.append(f"pruned {pruned} audit records")

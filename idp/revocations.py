@@ -19,7 +19,8 @@ class RevocationList:
         """Record a revocation; False if it was already revoked (idempotent, one audit record)."""
         try:
             with audit.transaction(self._engine) as tx:
-                tx.conn.execute(insert(_revoked), [{"jti": jti, "client_id": client_id, "expires_at": expires_at, "revoked_at": clock.now()}])
+                row = {"jti": jti, "client_id": client_id, "expires_at": expires_at, "revoked_at": clock.now()}
+                tx.conn.execute(insert(_revoked), [row])
                 tx.record(audit.Record("token.revoked", actor, client_id=client_id, jti=jti, data={"exp": expires_at}))
         except IntegrityError:
             return False
@@ -34,7 +35,9 @@ class RevocationList:
         now = clock.now() if now is None else now
         with self._engine.connect() as conn:
             rows = conn.execute(
-                select(_revoked.c.jti, _revoked.c.expires_at).where(_revoked.c.expires_at >= now).order_by(_revoked.c.expires_at)
+                select(_revoked.c.jti, _revoked.c.expires_at)
+                .where(_revoked.c.expires_at >= now)
+                .order_by(_revoked.c.expires_at)
             ).all()
         return [{"jti": r.jti, "exp": r.expires_at} for r in rows]
 

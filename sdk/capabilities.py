@@ -23,24 +23,35 @@ Grammar (``<method>`` ends at the first ``:``)::
   pattern. ``resources/read:<p>`` also allows subscribing to and unsubscribing from the URIs
   ``<p>`` matches. These methods *require* a target (``tools/call:**`` allows every tool).
 * Every other syntactically valid method is a target-less capability and refuses a target.
+  ``parse(..., strict=True)`` (used when registering clients) also refuses a method that no
+  MCP revision has (:data:`MCP_METHODS`), suggesting the closest one; the default stays
+  lenient so that verifying a token never fails on a scope minted elsewhere.
+  :func:`capability_warnings` flags commas (``tools/call:echo,tools/call:add`` is one tool).
 * In patterns ``*`` matches any run (possibly empty) of characters within one segment: never
   ``/``, and in URI patterns never ``?`` or ``#`` either. ``**`` matches any run of any
   characters, ``/`` included. There is no other wildcard and no escape: ``***`` is an error.
 * URIs are normalised before matching (RFC 3986 §6.2.2): scheme and host lower-cased,
   percent-encoding hex upper-cased, percent-encoded unreserved characters decoded, dot-segments
-  removed (RFC 3986 §5.2.4), empty and default (http/https/ws/wss) ports dropped, the fragment
-  dropped. The literal parts of a URI pattern are normalised the same way when it is parsed.
+  removed (RFC 3986 §5.2.4), empty and default (http/https/ws/wss) ports dropped. The query and
+  the fragment are kept: MCP URIs travel in the request body, so both reach the server. The
+  literal parts of a URI pattern are normalised the same way when it is parsed.
   Normalisation fails closed (:func:`normalize_uri` returns ``None`` and nothing matches) for a
-  URI containing an encoded ``/`` or ``\\`` (``%2F``, ``%5C``), an encoded or raw control
-  character, a raw ``\\``, a ``..`` segment after an empty segment (``/a//../b`` resolves
+  URI containing an encoded ``/`` or ``\\`` (``%2F``, ``%5C``), a double-encoded ``.``, ``/``
+  or ``\\`` (``%252E``...), an encoded or raw control character, a raw ``\\``, a ``.`` or
+  ``..`` piece in the query or fragment (``#/../x``, ``?p=..``: lax servers resolve them as
+  a path), a ``..`` segment after an empty segment (``/a//../b`` resolves
   differently on servers that collapse ``//``), a dot-segment with parameters (``..;``),
   dot-segments in a rootless path, or anything that does not parse as an absolute URI. Hence
   ``file:///docs/../etc/passwd`` is *not* under ``file:///docs/**``, nor is
   ``file:///docs-secret/x``.
-* A URI pattern is ``**`` (every URI) or an absolute URI with wildcards. It may not contain a
-  fragment, ``**`` in its scheme or authority (``https://**.example.com`` would match
+* A URI pattern is ``**`` (every URI) or an absolute URI with wildcards. It may not contain
+  ``**`` in its scheme or authority (``https://**.example.com`` would match
   ``https://evil.com/.example.com``; use ``https://*.example.com/**``), or a ``..`` segment
   after a wildcard.
+* :func:`uri_template_pattern` turns an RFC 6570 resource template into the URI pattern of
+  everything it can expand to (``{x}`` -> ``*``, ``{+x}`` and the other operators -> ``**``);
+  :meth:`CapabilitySet.allows_template` asks whether a ``resources/read`` capability covers
+  it (for ``completion/complete`` on a ``ref/resource``).
 * Sizes are bounded: :data:`MAX_CAPABILITY_LENGTH` characters per capability,
   :data:`MAX_SCOPE_LENGTH` per scope string, :data:`MAX_CAPABILITIES` per set.
 
@@ -54,6 +65,7 @@ This module is pure standard library and never imports ``idp``.
 
 from __future__ import annotations
 
+import difflib
 import re
 import string
 from collections.abc import Callable, Iterable, Iterator
@@ -62,16 +74,21 @@ from typing import Any, TypeVar, overload
 from urllib.parse import quote
 
 __all__ = [
+    "HANDSHAKE_METHODS",
     "MAX_CAPABILITIES",
     "MAX_CAPABILITY_LENGTH",
     "MAX_SCOPE_LENGTH",
+    "MCP_METHODS",
+    "MODERN_METHODS",
     "NAME_METHODS",
     "TARGET_METHODS",
     "URI_METHODS",
     "Capability",
     "CapabilityError",
     "CapabilitySet",
+    "capability_warnings",
     "normalize_uri",
+    "uri_template_pattern",
 ]
 
 #: Longest capability accepted, in characters (after canonicalisation).
@@ -95,6 +112,24 @@ URI_METHODS: frozenset[str] = frozenset(
 )
 #: Methods that require a target pattern; every other method takes none.
 TARGET_METHODS: frozenset[str] = NAME_METHODS | URI_METHODS
+
+#: Client-to-server request methods of the handshake generation (2024-11-05 .. 2025-11-25) and
+#: of the 2026-07-28 generation, as the official SDK has them (``mcp_types.methods``
+#: ``CLIENT_REQUESTS``; tasks/* are not core methods there). 2026-07-28 dropped the lifecycle
+#: (``initialize``, ``ping``), ``logging/setLevel`` and the subscribe pair, and added
+#: ``server/discover`` and ``subscriptions/listen``.
+HANDSHAKE_METHODS: frozenset[str] = frozenset({
+    "completion/complete", "initialize", "logging/setLevel", "ping", "prompts/get",
+    "prompts/list", "resources/list", "resources/read", "resources/subscribe",
+    "resources/templates/list", "resources/unsubscribe", "tools/call", "tools/list",
+})
+MODERN_METHODS: frozenset[str] = frozenset({
+    "completion/complete", "prompts/get", "prompts/list", "resources/list", "resources/read",
+    "resources/templates/list", "server/discover", "subscriptions/listen", "tools/call",
+    "tools/list",
+})
+#: Every method a capability can usefully name (the strict parse refuses any other).
+MCP_METHODS: frozenset[str] = HANDSHAKE_METHODS | MODERN_METHODS
 
 # A ``resources/read`` capability also grants these methods on the same URIs.
 _READ_IMPLIES = frozenset({RESOURCES_SUBSCRIBE, RESOURCES_UNSUBSCRIBE})
@@ -160,6 +195,11 @@ _PCT_RE = re.compile(r"%([0-9A-Fa-f]{2})")
 _BAD_PCT_RE = re.compile(r"%(?![0-9A-Fa-f]{2})")
 # Encoded "/", "\", controls and DEL: refused (fail closed).
 _FORBIDDEN_PCT_RE = re.compile(r"%(?:[01][0-9A-Fa-f]|2[Ff]|5[Cc]|7[Ff])")
+# Double-encoded ".", "/" and "\" (%252E, %252F, %255C): a server that decodes twice sees them.
+_DOUBLE_PCT_RE = re.compile(r"%25(?:2[EeFf]|5[Cc])")
+# Delimiters that split a query or fragment into the pieces a lax server might treat as path
+# segments ("?/../x", "#../x", "?path=../x").
+_TAIL_SPLIT_RE = re.compile(r"[/?#&=;]")
 _FORBIDDEN_RAW_RE = re.compile(r"[\x00-\x1f\x7f\\]")
 _FORBIDDEN_RAW_PATTERN_RE = re.compile(r"[\x00\x03-\x1f\x7f\\]")
 # Characters a URI may not contain raw but that are unambiguous to percent-encode (space,
@@ -233,6 +273,8 @@ def _normalize(uri: str, *, pattern: bool = False) -> str:
         raise _Reject("contains a '%' not followed by two hex digits")
     if _FORBIDDEN_PCT_RE.search(uri):
         raise _Reject("contains an encoded '/', '\\' or control character (%2F, %5C, %00-%1F)")
+    if _DOUBLE_PCT_RE.search(uri):
+        raise _Reject("contains a double-encoded '.', '/' or '\\' (%252E, %252F, %255C)")
     try:
         uri = (_ENCODE_PATTERN_RE if pattern else _ENCODE_RE).sub(_encode_char, uri)
     except UnicodeError as exc:  # lone surrogates
@@ -240,7 +282,7 @@ def _normalize(uri: str, *, pattern: bool = False) -> str:
     match = _URI_RE.fullmatch(uri)
     if match is None:
         raise _Reject("is not an absolute URI (scheme:...)")
-    scheme, authority, path, query = match.group(1, 3, 4, 5)
+    scheme, authority, path, query, fragment = match.group(1, 3, 4, 5, 6)
     if not (_SCHEME_PATTERN_RE if pattern else _SCHEME_RE).fullmatch(scheme):
         raise _Reject(f"has an invalid scheme {scheme!r}")
     if pattern and (_P_DSTAR in scheme or (authority is not None and _P_DSTAR in authority)):
@@ -269,9 +311,16 @@ def _normalize(uri: str, *, pattern: bool = False) -> str:
     if authority is not None and not path and scheme in _DEFAULT_PORTS:
         path = "/"  # RFC 3986 §6.2.3: http://example.com == http://example.com/
     result.append(path)
-    if query is not None:
-        result.append(_pct_normalize(query))
-    # The fragment is dropped: it is never sent to the server.
+    # MCP resource URIs travel in the request body, so the query and the fragment reach the
+    # server too: they are kept, and refused if they hold a dot-segment a lax server could
+    # resolve as a path ("readme.md#/../../private/x").
+    for tail in (query, fragment):
+        if tail is not None:
+            tail = _pct_normalize(tail)
+            if any(piece in (".", "..") for piece in _TAIL_SPLIT_RE.split(tail[1:])):
+                raise _Reject("has a dot-segment ('.' or '..') in its query or fragment, which "
+                              "servers that resolve URIs loosely treat as a path")
+            result.append(tail)
     return "".join(result)
 
 
@@ -280,19 +329,73 @@ def normalize_uri(uri: str) -> str | None:
 
     Scheme and host are lower-cased, percent-encoding hex is upper-cased, percent-encoded
     unreserved characters are decoded, dot-segments are removed (RFC 3986 §5.2.4), empty and
-    default ports (http, https, ws, wss) are dropped, an empty http(s)/ws(s) path becomes
-    ``/``, and the fragment is dropped. Spaces, non-ASCII (as UTF-8) and the other characters
+    default ports (http, https, ws, wss) are dropped and an empty http(s)/ws(s) path becomes
+    ``/``; query and fragment are kept (both reach the server). Spaces, non-ASCII (as UTF-8) and the other characters
     RFC 3986 excludes (``"<>^`{|}``) are percent-encoded.
 
     ``None`` is returned for anything that is not an absolute URI, or that contains an encoded
-    ``/`` or ``\\``, a raw ``\\``, a raw or encoded control character, a malformed ``%``
-    escape, a ``..`` segment after an empty segment, or dot-segments in a rootless path.
+    ``/`` or ``\\`` (or a double-encoded ``.``, ``/``, ``\\``), a raw ``\\``, a raw or encoded
+    control character, a malformed ``%`` escape, a ``.``/``..`` piece in the query or fragment,
+    a ``..`` segment after an empty segment, or dot-segments in a rootless path.
     """
     if not isinstance(uri, str):
         return None
     try:
         return _normalize(uri)
     except _Reject:
+        return None
+
+
+# --------------------------------------------------------------------------------------------
+# URI templates (RFC 6570), for completion/complete on a resource template
+# --------------------------------------------------------------------------------------------
+
+_EXPRESSION_RE = re.compile(r"\{([^{}]*)\}")
+_VARSPEC_RE = re.compile(r"[A-Za-z0-9_%][A-Za-z0-9_.%]*(?::[1-9][0-9]{0,3}|\*)?")
+# Operators whose expansion stays within one segment: simple ("{x}") and label ("{.x}")
+# expansion percent-encode every reserved character, "/", "?" and "#" included.
+_SEGMENT_OPERATORS = ("", ".")
+_ANY_OPERATORS = "+#/;?&"
+
+
+def uri_template_pattern(template: str) -> str | None:
+    """A URI pattern matching every URI the RFC 6570 ``template`` can expand to, or ``None``.
+
+    ``{x}`` and ``{.x}`` become ``*`` (their values cannot contain ``/``, ``?`` or ``#``);
+    ``{+x}``, ``{#x}``, ``{/x}``, ``{;x}``, ``{?x}`` and ``{&x}`` become ``**``. The result is
+    canonical (``file:///docs/{name}`` -> ``file:///docs/*``). ``None`` when no capability can
+    express it: a malformed template, a literal ``*``, ``**`` in the host, a ``..`` after an
+    expression, or anything else a URI pattern refuses.
+    """
+    if not isinstance(template, str):
+        return None
+    out: list[str] = []
+    pos = 0
+    for match in _EXPRESSION_RE.finditer(template):
+        literal = template[pos : match.start()]
+        if "{" in literal or "}" in literal or _STAR in literal:
+            return None
+        if literal:
+            out.append(literal)
+        body = match.group(1)
+        operator = body[:1] if body[:1] in _ANY_OPERATORS or body[:1] == "." else ""
+        specs = body[len(operator) :].split(",")
+        if not all(_VARSPEC_RE.fullmatch(spec) for spec in specs):
+            return None
+        wildcard = _STAR if operator in _SEGMENT_OPERATORS else _DSTAR
+        # Adjacent expressions: "*" "*" is still one segment; anything with "**" is "**".
+        if out and out[-1] in (_STAR, _DSTAR) and not literal:
+            out[-1] = _DSTAR if _DSTAR in (out[-1], wildcard) else _STAR
+        else:
+            out.append(wildcard)
+        pos = match.end()
+    tail = template[pos:]
+    if "{" in tail or "}" in tail or _STAR in tail:
+        return None
+    out.append(tail)
+    try:
+        return Capability(RESOURCES_READ, "".join(out)).pattern
+    except CapabilityError:
         return None
 
 
@@ -419,8 +522,6 @@ def _contains(allowed: _Tokens, requested: _Tokens, excluded: str) -> bool:
 def _canonical_uri_pattern(capability: str, pattern: str) -> str:
     if pattern == _DSTAR:
         return pattern
-    if "#" in pattern:
-        raise CapabilityError("a URI pattern cannot contain a fragment ('#')", capability)
     placeholders = _WILDCARD_RE.sub(
         lambda m: _P_DSTAR if len(m.group(0)) == 2 else _P_STAR, pattern
     )
@@ -453,6 +554,41 @@ def _bad_char_reason(text: str) -> str | None:
         if not 0x21 <= ord(char) <= 0x7E:
             return f"contains the control character {char!r}"
     return "contains a character OAuth scope tokens cannot carry"  # pragma: no cover
+
+
+def _unknown_method_reason(method: str) -> str:
+    close = difflib.get_close_matches(method, sorted(MCP_METHODS), n=1, cutoff=0.6)
+    if not close:  # case slips ("logging/setlevel") score low on raw text
+        folded = {m.lower(): m for m in MCP_METHODS}
+        close = [folded[m] for m in difflib.get_close_matches(method.lower(), sorted(folded), n=1)]
+    if close:
+        return f"{method!r} is not an MCP method; did you mean {close[0]!r}?"
+    return f"{method!r} is not an MCP method (one of {', '.join(sorted(MCP_METHODS))})"
+
+
+def capability_warnings(capabilities: Iterable[Capability]) -> list[str]:
+    """Warnings for capabilities that parse but are almost certainly not what was meant.
+
+    A ``,`` is legal in a name or URI pattern, so ``tools/call:echo,tools/call:add`` is one
+    capability for a tool named ``echo,tools/call:add``; scopes separate capabilities by
+    spaces. The warning suggests the space-separated spelling when every piece is valid.
+    """
+    warnings = []
+    for cap in capabilities:
+        text = str(cap)
+        if "," not in text:
+            continue
+        warning = f"{text!r} contains ','; capabilities are separated by spaces, not commas"
+        pieces = text.split(",")
+        try:
+            for piece in pieces:
+                Capability.parse(piece, strict=True)
+        except CapabilityError:
+            pass
+        else:
+            warning += f" (did you mean {' '.join(pieces)!r}?)"
+        warnings.append(warning)
+    return warnings
 
 
 def _missing_target_reason(method: str) -> str:
@@ -514,6 +650,8 @@ class Capability:
             object.__setattr__(self, "_match", None)
             return
         if method not in TARGET_METHODS:
+            if method not in MCP_METHODS:
+                raise CapabilityError(_unknown_method_reason(method), text)
             raise CapabilityError(
                 f"{method!r} takes no target; only {', '.join(sorted(TARGET_METHODS))} do "
                 f"(write just {method!r})",
@@ -545,8 +683,14 @@ class Capability:
         return _URI_STAR_EXCLUDED if self.method in URI_METHODS else _NAME_STAR_EXCLUDED
 
     @classmethod
-    def parse(cls, text: str) -> Capability:
-        """Parse one capability (a scope token). Raises :class:`CapabilityError`."""
+    def parse(cls, text: str, *, strict: bool = False) -> Capability:
+        """Parse one capability (a scope token). Raises :class:`CapabilityError`.
+
+        ``strict`` also refuses a method no MCP protocol revision has (:data:`MCP_METHODS`),
+        with a "did you mean": for registering clients, where a typo (``tools/cal``) would
+        otherwise be stored as a capability that allows nothing. Verifying a token stays
+        lenient, so a scope minted elsewhere never makes verification fail.
+        """
         if not isinstance(text, str):
             raise CapabilityError("a capability must be a string", repr(text))
         if not text:
@@ -556,6 +700,8 @@ class Capability:
                 f"too long ({len(text)} > {MAX_CAPABILITY_LENGTH} characters)", text
             )
         method, colon, pattern = text.partition(":")
+        if strict and method not in MCP_METHODS and _METHOD_RE.fullmatch(method):
+            raise CapabilityError(_unknown_method_reason(method), text)
         return cls(method, pattern if colon else None)
 
     def __str__(self) -> str:
@@ -652,17 +798,18 @@ class CapabilitySet:
         raise AttributeError("CapabilitySet is immutable")
 
     @classmethod
-    def parse(cls, scope: str) -> CapabilitySet:
+    def parse(cls, scope: str, *, strict: bool = False) -> CapabilitySet:
         """Parse an OAuth scope string (capabilities separated by spaces).
 
         Runs of spaces and leading/trailing spaces are tolerated; ``""`` is the empty set.
-        Raises :class:`CapabilityError` on any malformed capability or an oversize scope.
+        Raises :class:`CapabilityError` on any malformed capability or an oversize scope, and
+        with ``strict`` on a method MCP does not have (see :meth:`Capability.parse`).
         """
         if not isinstance(scope, str):
             raise CapabilityError("a scope must be a string")
         if len(scope) > MAX_SCOPE_LENGTH:
             raise CapabilityError(f"scope too long ({len(scope)} > {MAX_SCOPE_LENGTH} characters)")
-        return cls(token for token in scope.split(" ") if token)
+        return cls(Capability.parse(token, strict=strict) for token in scope.split(" ") if token)
 
     @classmethod
     def from_iterable(cls, capabilities: Iterable[Capability | str]) -> CapabilitySet:
@@ -720,6 +867,21 @@ class CapabilitySet:
         if family is not None and any(method in self._index for method in family):
             return True
         return self.allows(list_method)
+
+    def allows_template(self, template: str) -> bool:
+        """Whether every URI the resource template (RFC 6570) can expand to is readable:
+        some ``resources/read`` capability covers :func:`uri_template_pattern` of it.
+
+        For ``completion/complete`` on a ``ref/resource``, whose completions reveal values of
+        the template's variables. A template no pattern can express is allowed only by
+        ``resources/read:**``.
+        """
+        caps = [c for c in self._index.get(RESOURCES_READ, ()) if c.method == RESOURCES_READ]
+        pattern = uri_template_pattern(template)
+        if pattern is None:
+            return any(cap.pattern == _DSTAR for cap in caps)
+        wanted = Capability(RESOURCES_READ, pattern)
+        return any(cap.covers(wanted) for cap in caps)
 
     @overload
     def filter(self, method: str, targets: Iterable[str]) -> list[str]: ...

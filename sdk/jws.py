@@ -1,15 +1,33 @@
-"""Compact JWS (RFC 7515) with JWK (RFC 7517/7518/8037) for CBST access tokens — the low-level layer.
+"""Compact JWS (RFC 7515) and JWK (RFC 7517/7518/8037) for CBST access tokens.
+
+**Hazardous low-level layer** — like ``cryptography.hazmat``: it checks the signature and
+the header (``alg`` from the key, ``kid``, ``typ``, no self-chosen keys) and nothing about the
+claims: no ``exp``, ``iss``, ``aud`` or ``scope`` check, no choice of which issuer's keys.
+Applications should use :mod:`sdk.access_token` (``verify_access_token``) or the server
+middleware, which apply every claim check on top of it; use this module directly only to
+build such a layer. It keeps its public name ``sdk.jws`` because the IdP and the SDK import
+it in many places.
 
 Only the asymmetric algorithms CBST pins are supported: ES256 (P-256, RFC 7518 §3.4) and
 EdDSA (Ed25519, RFC 8037). The algorithm is taken from the *key*, never from the token header:
 a header whose ``alg`` disagrees with the key is refused, so ``alg: none`` and HS256-with-the-
 public-key forgeries cannot work.
 
-Hand-written on purpose rather than pyjwt/joserfc: measured on this kind of machine
-(shared/notes/baselines.md), verifying an access token costs pyjwt 1.79x and joserfc 1.51x the
-raw ES256 primitive, a minimal json+base64+cryptography path 1.19x; the SDK's target is ≤ 1.3x.
-Everything here is checked against joserfc in tests/test_jws.py. Callers should prefer the
-higher-level ``sdk.access_token`` (claims checks) over this module.
+Why it is hand-written rather than pyjwt or joserfc: verification cost, measured by
+``bench/sdk_verify.py`` and recorded in ``bench/results/sdk_verify.md`` (CPU time per request
+relative to the raw ``cryptography`` verify of the same algorithm; the SDK's target for the
+whole cold path is ≤ 1.3x raw):
+
+======  ===========  ========  =====  =======
+alg     this module  SDK cold  pyjwt  joserfc
+======  ===========  ========  =====  =======
+ES256   1.27x        1.32x     1.69x  1.51x
+EdDSA   1.18x        1.25x     1.45x  1.32x
+======  ===========  ========  =====  =======
+
+(``bench/results/crypto.md`` has the same comparison for signing and verifying a 505-byte
+token: verify 1.24x ES256 / 1.18x EdDSA here against pyjwt 1.67x / 1.46x and joserfc
+1.54x / 1.33x.) Its output is checked against joserfc in ``tests/sdk/test_jws.py``.
 """
 
 from __future__ import annotations
@@ -140,7 +158,7 @@ class PublicKey:
                     raise BadSignature("signature verification failed")
                 r = int.from_bytes(signature[:32], "big")
                 s = int.from_bytes(signature[32:], "big")
-                self.key.verify(encode_dss_signature(r, s), signing_input, _ECDSA_SHA256)  # type: ignore[call-arg,union-attr]
+                self.key.verify(encode_dss_signature(r, s), signing_input, _ECDSA_SHA256)  # type: ignore[call-arg]
             else:
                 if len(signature) != _ED25519_SIG_LEN:
                     raise BadSignature("signature verification failed")
@@ -211,7 +229,7 @@ class PrivateKey:
             b64url_encode(_json_dumps(header)) + "." + b64url_encode(_json_dumps(claims))
         ).encode("ascii")
         if self.alg == "ES256":
-            r, s = decode_dss_signature(self.key.sign(signing_input, _ECDSA_SHA256))  # type: ignore[call-arg,union-attr]
+            r, s = decode_dss_signature(self.key.sign(signing_input, _ECDSA_SHA256))  # type: ignore[call-arg]
             signature = r.to_bytes(32, "big") + s.to_bytes(32, "big")
         else:
             signature = self.key.sign(signing_input)  # type: ignore[call-arg]
@@ -273,8 +291,8 @@ def _typ_matches(value: Any, expected: str) -> bool:
     # RFC 9068 §4: "at+jwt", and the media type form "application/at+jwt", case-insensitively.
     if not isinstance(value, str):
         return False
-    value = value.lower()
-    return value == expected or value == "application/" + expected
+    lowered: str = value.lower()
+    return lowered == expected or lowered == "application/" + expected
 
 
 #: Header segments that passed ``check_header``, with their kid (only successes are kept).

@@ -1,18 +1,19 @@
 """``idp``: run and administer the CBST identity provider.
 
 Every command that prints data takes ``--json`` for scripts; errors go to stderr (or, with
-``--json``, as ``{"error": ...}`` on stdout) with exit status 1; usage errors exit 2.
+``--json``, as ``{"error": ...}`` on stdout) with exit status 1; usage errors exit 2. Log
+records (the audit lines the server logs) are printed only with ``idp --verbose``.
 """
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
-from . import audit_cmd, clients_cmd, config_cmd, db_cmd, keys_cmd, serve_cmd, tokens_cmd
+from . import audit_cmd, clients_cmd, common, config_cmd, db_cmd, keys_cmd, serve_cmd, tokens_cmd
 
 app = typer.Typer(
     name="idp",
@@ -25,11 +26,14 @@ app = typer.Typer(
 
 @app.callback()
 def _root(
-    config: Annotated[Optional[Path], typer.Option("--config", "-c", help="TOML configuration file (sets IDP_CONFIG).",
-                                                   exists=True, dir_okay=False)] = None,
+    config: Annotated[Path | None, typer.Option("--config", "-c", help="TOML configuration file (sets IDP_CONFIG).",
+                                                exists=True, dir_okay=False)] = None,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Print log records (audit lines...) on stderr, "
+                                          "at IDP_LOG_LEVEL, as the server does.")] = False,
 ) -> None:
     if config is not None:
         os.environ["IDP_CONFIG"] = str(config.resolve())
+    common.options.verbose = verbose
 
 
 app.command("serve")(serve_cmd.serve)

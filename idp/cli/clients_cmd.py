@@ -4,25 +4,45 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 from rich.markup import escape
 from rich.table import Table
 
+from sdk.capabilities import CapabilityError, CapabilitySet, capability_warnings
+
 from ..clients import AUTH_METHODS, ClientError, ClientRecord
-from .common import JsonOpt, emit_json, fail, out, provider, when
+from ..oauth2.client import CLIENT, RESOURCE_SERVER
+from .common import JsonOpt, emit_json, err, fail, out, print_table, provider, when
 
 app = typer.Typer(help="Register and manage clients.", no_args_is_help=True)
 Ref = Annotated[str, typer.Argument(help="client_id or name")]
 
 
+def check_capabilities(capabilities: str, as_json: bool) -> None:
+    """Refuse methods MCP does not have (a typo would be stored as a capability that allows
+    nothing) with a "did you mean"; warn on commas, which do not separate capabilities."""
+    try:
+        caps = CapabilitySet.parse(capabilities, strict=True)
+    except CapabilityError as exc:
+        fail(str(exc), as_json=as_json)
+    for warning in capability_warnings(caps):
+        err.print(f"[yellow]warning:[/] {escape(warning)}")
+
+
 def _show(client: ClientRecord, secret: str | None = None) -> None:
-    table = Table(show_header=False, box=None)
+    rows = []
     for key, value in client.public_dict().items():
         if key in ("created_at", "updated_at"):
             value = when(value)
-        table.add_row(f"[bold]{key}[/]", escape(", ".join(value) if isinstance(value, list) else str(value)))
+        rows.append([f"[bold]{key}[/]", escape(", ".join(value) if isinstance(value, list) else str(value))])
+    table = Table(show_header=False, box=None)
+    table.add_column(no_wrap=True)
+    # Wide enough for the client_id and the secret (never cut); longer values fold.
+    table.add_column(overflow="fold", min_width=max(len(client.client_id), len(secret or "")))
+    for row in rows:
+        table.add_row(*row)
     if secret:
         table.add_row("[bold]client_secret[/]", f"[yellow]{secret}[/]")
     out.print(table)
@@ -32,9 +52,12 @@ def _show(client: ClientRecord, secret: str | None = None) -> None:
 def add(
     name: Annotated[str, typer.Argument(help="Unique client name.")],
     capabilities: Annotated[str, typer.Option("--capabilities", help='Space-separated, e.g. "tools/call:* resources/read:file:///docs/**".')],
-    audience: Annotated[Optional[list[str]], typer.Option("--audience", help="Resource URI the client may get tokens for (repeatable).")] = None,
+    audience: Annotated[list[str] | None, typer.Option("--audience", help="Resource URI the client may get tokens for (repeatable).")] = None,
     auth: Annotated[str, typer.Option("--auth", help=f"Authentication method: {', '.join(AUTH_METHODS)}.")] = "client_secret_basic",
-    jwks: Annotated[Optional[Path], typer.Option("--jwks", help="JWKS file with the client's public keys (private_key_jwt).", dir_okay=False)] = None,
+    jwks: Annotated[Path | None, typer.Option("--jwks", help="JWKS file with the client's public keys (private_key_jwt).", dir_okay=False)] = None,
+    resource_server: Annotated[bool, typer.Option(
+        "--resource-server",
+        help="The client of a protected resource: it may introspect tokens for its --audience URIs.")] = False,
     as_json: JsonOpt = False,
 ) -> None:
     """Register a client and print its client_id (and, once, its generated secret)."""
@@ -44,10 +67,12 @@ def add(
             jwks_doc = json.loads(jwks.read_text())
         except (OSError, ValueError) as exc:
             fail(f"cannot read JWKS {jwks}: {exc}", as_json=as_json)
+    check_capabilities(capabilities, as_json)
     with provider(as_json) as prov:
         try:
             client, secret = prov.clients.add(name, capabilities=capabilities, audiences=audience or [],
-                                              auth_method=auth, jwks=jwks_doc)
+                                              auth_method=auth, jwks=jwks_doc,
+                                              kind=RESOURCE_SERVER if resource_server else CLIENT)
         except ClientError as exc:
             fail(str(exc), as_json=as_json)
     if as_json:
@@ -57,7 +82,8 @@ def add(
     if secret:
         out.print("[dim]The secret is shown only now; it is stored hashed.[/]")
     if not client.audiences:
-        out.print("[yellow]warning:[/] no --audience: this client cannot get tokens until it has one.")
+        out.print("[yellow]warning:[/] no --audience: this client cannot get tokens until it has one."
+                  + (" A resource server introspects only tokens for its audiences." if resource_server else ""))
 
 
 @app.command("list")
@@ -68,11 +94,13 @@ def list_(as_json: JsonOpt = False) -> None:
     if as_json:
         emit_json([c.public_dict() for c in clients])
         return
-    table = Table("name", "client_id", "auth", "enabled", "capabilities", "audiences")
-    for c in clients:
-        table.add_row(c.name, c.client_id, c.auth_method, "yes" if c.enabled else "[red]no[/]",
-                      escape(c.capabilities.to_scope()), escape(" ".join(c.audiences)))
-    out.print(table if clients else "[dim]no clients[/]")
+    if not clients:
+        out.print("[dim]no clients[/]")
+        return
+    print_table(["name", "client_id", "kind", "auth", "enabled", "capabilities", "audiences"],
+                [[escape(c.name), escape(c.client_id), c.kind, c.auth_method, "yes" if c.enabled else "[red]no[/]",
+                  escape(c.capabilities.to_scope()), escape(" ".join(c.audiences))] for c in clients],
+                ids={"name", "client_id"})
 
 
 @app.command("show")

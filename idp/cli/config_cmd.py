@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import typer
 from rich.markup import escape
-from rich.table import Table
 
-from .common import JsonOpt, emit_json, load_settings, out
+from .common import JsonOpt, emit_json, load_settings, print_table
 
 app = typer.Typer(help="Show configuration.", no_args_is_help=True)
 
@@ -18,7 +17,6 @@ def show(as_json: JsonOpt = False) -> None:
     if as_json:
         emit_json(settings)
         return
-    table = Table("setting", "value", "environment variable", title="effective configuration")
-    for name, value in settings.items():
-        table.add_row(name, "-" if value is None else escape(str(value)), "IDP_" + name.upper())
-    out.print(table)
+    print_table(["setting", "value", "environment variable"],
+                [[name, "-" if value is None else escape(str(value)), "IDP_" + name.upper()]
+                 for name, value in settings.items()], ids={"environment variable"}, title="effective configuration")

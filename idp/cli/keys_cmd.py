@@ -2,19 +2,22 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
-from rich.table import Table
+from rich.markup import escape
 
 from .. import clock
 from ..signing_keys import KeyError_
-from .common import JsonOpt, emit_json, fail, out, provider, when
+from .common import JsonOpt, emit_json, fail, out, print_table, provider, when
+
+if TYPE_CHECKING:
+    from ..provider import Provider
 
 app = typer.Typer(help="Signing keys.", no_args_is_help=True)
 
 
-def _rows(prov) -> list[dict]:  # type: ignore[no-untyped-def]
+def _rows(prov: Provider) -> list[dict[str, Any]]:
     now = clock.now()
     infos = prov.keys.list()
     live = [i for i in infos if i.retired_at is None]
@@ -37,18 +40,16 @@ def list_(as_json: JsonOpt = False) -> None:
     if as_json:
         emit_json(rows)
         return
-    table = Table("kid", "alg", "state", "created", "signs from", "leaves JWKS")
     colours = {"active": "green", "pending": "yellow", "superseded": "cyan", "retired": "dim"}
-    for r in rows:
-        table.add_row(r["kid"], r["alg"], f"[{colours[r['state']]}]{r['state']}[/]", when(r["created_at"]),
-                      when(r["activate_at"]), when(r["retired_at"] or r["retires_at"]))
-    out.print(table)
+    print_table(["kid", "alg", "state", "created", "signs from", "leaves JWKS"],
+                [[escape(r["kid"]), r["alg"], f"[{colours[r['state']]}]{r['state']}[/]", when(r["created_at"]),
+                  when(r["activate_at"]), when(r["retired_at"] or r["retires_at"])] for r in rows], ids={"kid"})
 
 
 @app.command("rotate")
 def rotate(
     now: Annotated[bool, typer.Option("--now", help="Sign with the new key at once, skipping pre-publication "
-                                                     "(verifiers with a cached JWKS refetch on the unknown kid).")] = False,
+                                      "(verifiers with a cached JWKS refetch on the unknown kid).")] = False,
     as_json: JsonOpt = False,
 ) -> None:
     """Create a new signing key: published at once, signing after the pre-publication interval."""

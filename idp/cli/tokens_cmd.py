@@ -13,7 +13,8 @@ app = typer.Typer(help="Issued tokens.", no_args_is_help=True)
 
 
 @app.command("revoke")
-def revoke(jti: Annotated[str, typer.Argument(help="The token's jti (see `idp audit tail`).")], as_json: JsonOpt = False) -> None:
+def revoke(jti: Annotated[str, typer.Argument(help="The token's jti (see `idp audit tail`).")],
+           as_json: JsonOpt = False) -> None:
     """Revoke a token by its jti: introspection reports it inactive from now on."""
     if not jti or len(jti) > 64:
         fail("a jti is 1-64 characters", as_json=as_json)

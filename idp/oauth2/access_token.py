@@ -8,9 +8,9 @@ from typing import Any
 from sdk.jws import PrivateKey
 
 
-def build_claims(*, issuer: str, client_id: str, subject: str, audience: str, scope: str, ttl: int, now: int,
-                 extra: dict[str, Any] | None = None) -> dict[str, Any]:
-    claims: dict[str, Any] = {
+def build_claims(*, issuer: str, client_id: str, subject: str, audience: str, scope: str, ttl: int,
+                 now: int) -> dict[str, Any]:
+    return {
         "iss": issuer,
         "sub": subject,
         "aud": audience,
@@ -20,9 +20,6 @@ def build_claims(*, issuer: str, client_id: str, subject: str, audience: str, sc
         "jti": secrets.token_hex(16),  # 128 bits; hex so it never starts with "-" (CLI argument)
         "scope": scope,
     }
-    if extra:
-        claims.update(extra)
-    return claims
 
 
 def sign(key: PrivateKey, claims: dict[str, Any]) -> str:

@@ -41,11 +41,13 @@ def parse_form(content_type: str | None, body: bytes) -> Form:
     except (UnicodeDecodeError, ValueError):
         raise InvalidRequest("malformed form body") from None
     params: dict[str, list[str]] = {}
+    seen: set[str] = set()  # every name sent, empty or not: "scope=&scope=x" repeats scope
     for name, value in pairs:
         if "\x00" in name or "\x00" in value:
             raise InvalidRequest("malformed form body")
-        if name in params and name not in REPEATABLE:
+        if name in seen and name not in REPEATABLE:
             raise InvalidRequest(f"parameter {name!r} is repeated")
+        seen.add(name)
         if value == "":  # RFC 6749 §3.1: parameters sent without a value are treated as omitted
             continue
         params.setdefault(name, []).append(value)

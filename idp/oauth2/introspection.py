@@ -1,63 +1,71 @@
 """Token introspection (RFC 7662).
 
 Any authenticated client may ask, but a token is reported active only to the client it was
-issued to or to a client whose registered audiences include the token's ``aud`` (a resource
-server); to anyone else it is ``{"active": false}`` (RFC 7662 §4: no token scanning).
+issued to or to the protected resource itself: a client of kind ``resource_server`` whose
+registered audiences include the token's ``aud``. To anyone else, other clients of the same
+audience included, it is ``{"active": false}`` (RFC 7662 §4: no token scanning).
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sdk import jws
 
 from .. import clock
-from ..clients import ClientRecord
-from ..provider import Provider
-from .client_auth import authenticate
+from .client import RESOURCE_SERVER, ClientRecord
+from .client_auth import authenticate, failures_audited
 from .errors import NO_STORE, InvalidRequest, OAuthResponse
-from .forms import Form
+from .request import OAuthRequest
+
+if TYPE_CHECKING:
+    from .stores import Stores
 
 INACTIVE = {"active": False}
 
 
-def validate_own_token(provider: Provider, token: str) -> dict[str, Any] | None:
+def validate_own_token(stores: Stores, token: str) -> dict[str, Any] | None:
     """Claims of a token this IdP issued that is still valid (signature, iss, exp, not revoked,
     its client still registered and enabled)."""
     try:
         try:
-            verified = jws.verify(token, provider.keys.verification_keys())
+            verified = jws.verify(token, stores.keys.verification_keys())
         except jws.UnknownKey:
-            if not provider.refresh_keys_for_unknown_kid():
+            if not stores.refresh_keys_for_unknown_kid():
                 return None
-            verified = jws.verify(token, provider.keys.verification_keys())
+            verified = jws.verify(token, stores.keys.verification_keys())
     except jws.JWSError:
         return None
     claims = verified.claims
     now = clock.now()
-    exp, jti = claims.get("exp"), claims.get("jti")
-    if claims.get("iss") != provider.settings.issuer or not isinstance(exp, int) or exp <= now:
+    exp, jti, client_id = claims.get("exp"), claims.get("jti"), claims.get("client_id")
+    if claims.get("iss") != stores.settings.issuer or not isinstance(exp, int) or exp <= now:
         return None
-    if not isinstance(jti, str) or provider.revocations.is_revoked(jti):
+    if not isinstance(jti, str) or not isinstance(client_id, str) or stores.revocations.is_revoked(jti):
         return None
-    owner = provider.clients.get(claims.get("client_id"))  # type: ignore[arg-type]
+    owner = stores.clients.get(client_id)
     if owner is None or not owner.enabled:
         return None
     return claims
 
 
 def may_see(client: ClientRecord, claims: dict[str, Any]) -> bool:
+    if claims.get("client_id") == client.client_id:
+        return True
+    if client.kind != RESOURCE_SERVER:
+        return False
     aud = claims.get("aud")
     auds = aud if isinstance(aud, list) else [aud]
-    return claims.get("client_id") == client.client_id or any(a in client.audiences for a in auds)
+    return any(a in client.audiences for a in auds)
 
 
-def introspect(provider: Provider, form: Form, authorization: str | None) -> OAuthResponse:
-    client = authenticate(form, authorization, provider.clients, provider.assertion_jtis, provider.auth_context)
-    token = form.get("token")
+@failures_audited
+def introspect(stores: Stores, request: OAuthRequest) -> OAuthResponse:
+    client = authenticate(stores, request)
+    token = request.form.get("token")
     if token is None:
         raise InvalidRequest("token is required")
-    claims = validate_own_token(provider, token)
+    claims = validate_own_token(stores, token)
     if claims is None or not may_see(client, claims):
         return OAuthResponse(200, dict(INACTIVE), dict(NO_STORE))
     return OAuthResponse(200, {"active": True, "token_type": "Bearer", **claims}, dict(NO_STORE))

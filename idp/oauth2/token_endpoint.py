@@ -1,90 +1,51 @@
-"""The token endpoint: client credentials grant (RFC 6749 §4.4) with resource indicators (RFC 8707).
+"""The token endpoint (RFC 6749 §3.2, §5): dispatch to the registered grant.
 
-Checks, in order, each refusing with its RFC 6749 §5.2 error before anything is written:
-grant type → client authentication → scope (a subset of the client's capabilities) → resource
-(one of the client's registered audiences). Only then is the token signed and its audit record
-committed; the response waits for that commit.
+Checks, in order, each refusing with its RFC 6749 §5.2 error before anything is written: grant
+type → the grant's required parameters → client authentication → the grant's own checks. Only
+then is the token signed and its audit record committed; the response waits for that commit.
+
+The handler does its work synchronously and returns the coroutine that waits for the audit
+commit, so the HTTP layer may run it off the event loop and await only the commit on it.
 """
 
 from __future__ import annotations
 
-from functools import lru_cache
-from urllib.parse import urlsplit
+from collections.abc import Coroutine
+from typing import TYPE_CHECKING, Any
 
-from sdk.capabilities import CapabilityError, CapabilitySet
-
-from .. import audit, clock
-from ..clients import ClientRecord
-from ..provider import Provider
 from . import access_token
-from .client_auth import authenticate
-from .errors import NO_STORE, InvalidRequest, InvalidScope, InvalidTarget, OAuthResponse, UnsupportedGrantType
-from .forms import Form
+from .client_auth import authenticate, failures_audited
+from .errors import NO_STORE, InvalidRequest, OAuthResponse, UnsupportedGrantType
+from .grants import GRANTS
+from .request import OAuthRequest
 
-GRANT_TYPES = ("client_credentials",)
-
-
-# Parsing compiles each pattern; the same scopes are requested over and over.
-_parse_scope = lru_cache(maxsize=4096)(CapabilitySet.parse)
+if TYPE_CHECKING:
+    from .stores import Stores
 
 
-def select_scope(client: ClientRecord, requested: str | None) -> CapabilitySet:
-    if requested is None:
-        return client.capabilities
-    try:
-        wanted = _parse_scope(requested)
-    except CapabilityError as exc:
-        raise InvalidScope(str(exc)) from None
-    if not len(wanted):
-        raise InvalidScope("scope is empty")
-    missing = client.capabilities.uncovered(wanted)
-    if missing:
-        raise InvalidScope("scope exceeds the client's capabilities: " + " ".join(str(c) for c in missing)[:512])
-    return wanted
-
-
-def select_audience(client: ClientRecord, resources: list[str]) -> str:
-    if len(resources) > 1:
-        raise InvalidTarget("request one resource per token")
-    if not resources:
-        if len(client.audiences) == 1:
-            return client.audiences[0]
-        if not client.audiences:
-            raise InvalidTarget("the client has no registered audience (idp clients add --audience URI)")
-        raise InvalidTarget("the client has several audiences: name one with the resource parameter")
-    resource = resources[0]
-    parts = urlsplit(resource)
-    if not parts.scheme or parts.fragment or len(resource) > 512:
-        raise InvalidTarget("resource must be an absolute URI without fragment (RFC 8707 §2)")
-    if resource not in client.audiences:
-        raise InvalidTarget("resource is not a registered audience of this client")
-    return resource
-
-
-async def token(provider: Provider, form: Form, authorization: str | None) -> OAuthResponse:
+@failures_audited
+def token(stores: Stores, request: OAuthRequest) -> Coroutine[Any, Any, OAuthResponse]:
+    form = request.form
     grant_type = form.get("grant_type")
     if grant_type is None:
         raise InvalidRequest("grant_type is required")
-    if grant_type not in GRANT_TYPES:
-        raise UnsupportedGrantType(f"grant_type must be one of: {', '.join(GRANT_TYPES)}")
-    client = authenticate(form, authorization, provider.clients, provider.assertion_jtis, provider.auth_context)
-    scope = select_scope(client, form.get("scope"))
-    audience = select_audience(client, form.getall("resource"))
+    grant = GRANTS.get(grant_type)
+    if grant is None:
+        raise UnsupportedGrantType(f"grant_type must be one of: {', '.join(GRANTS)}")
+    for name, required in grant.parameters.items():
+        if required and name not in form:
+            raise InvalidRequest(f"{name} is required")
+    client = authenticate(stores, request)
+    claims = grant.issue(stores, client, request)
+    token_value = access_token.sign(stores.keys.signer(claims["iat"]), claims)
+    return _issued(stores, grant_type, claims, token_value)
 
-    settings = provider.settings
-    now = clock.now()
-    scope_text = scope.to_scope()
-    claims = access_token.build_claims(
-        issuer=settings.issuer, client_id=client.client_id, subject=client.client_id,
-        audience=audience, scope=scope_text, ttl=settings.access_token_ttl, now=now,
+
+async def _issued(stores: Stores, grant_type: str, claims: dict[str, Any], token_value: str) -> OAuthResponse:
+    client_id, now, exp = claims["client_id"], claims["iat"], claims["exp"]
+    await stores.audit_log.record(
+        "token.issued", client_id, client_id=client_id, jti=claims["jti"], ts=now,
+        data={"grant_type": grant_type, "scope": claims["scope"], "aud": claims["aud"], "exp": exp},
     )
-    token_value = access_token.sign(provider.keys.signer(now), claims)
-    await provider.committer.record(audit.Record(
-        "token.issued", client.client_id, client_id=client.client_id, jti=claims["jti"], ts=now,
-        data={"grant_type": grant_type, "scope": scope_text, "aud": audience, "exp": claims["exp"]},
-    ))
-    return OAuthResponse(
-        200,
-        {"access_token": token_value, "token_type": "Bearer", "expires_in": settings.access_token_ttl, "scope": scope_text},
-        dict(NO_STORE),
-    )
+    body = {"access_token": token_value, "token_type": "Bearer", "expires_in": exp - now, "scope": claims["scope"]}
+    return OAuthResponse(200, body, dict(NO_STORE))

@@ -6,14 +6,15 @@ fails loudly (``ValueError``) on a bad configuration, so a misconfigured server 
 
 from __future__ import annotations
 
-import ipaddress
 import logging
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 from ..capabilities import Capability, CapabilityError
+from .endpoint import MCPEndpoint
 
 if TYPE_CHECKING:
     import httpx
@@ -26,14 +27,9 @@ _WELL_KNOWN = "/.well-known/oauth-protected-resource"
 
 
 def _is_loopback(host: str | None) -> bool:
-    if not host:
-        return False
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False
+    from ..net import is_loopback  # one definition, shared with the gateway
+
+    return is_loopback(host)
 
 
 def _check_url(name: str, value: str, *, allow_http: bool) -> None:
@@ -60,7 +56,8 @@ class ProtectionConfig:
 
     issuer: str
     resource: str
-    #: Path of the MCP endpoint inside the wrapped app (``/mcp`` and ``/mcp/`` are both enforced).
+    #: Path of the MCP endpoint inside the wrapped app: ``/mcp`` and ``/mcp/`` and no other
+    #: spelling (:class:`~sdk.server.endpoint.MCPEndpoint`, shared with whatever serves MCP).
     mcp_path: str = "/mcp"
     #: Capabilities advertised in the protected resource metadata and in 401 challenges for
     #: requests that need no particular capability. Keep it short (old clients request all).
@@ -111,8 +108,20 @@ class ProtectionConfig:
     #: Paths outside the MCP endpoint served without a token (e.g. ``("/healthz",)``). Every
     #: other path of the wrapped app needs a valid token (capabilities are MCP-only).
     public_paths: Sequence[str] = ()
-    #: Sessions (``Mcp-Session-Id``) remembered and pinned to the client that opened them.
+    #: Sessions (``Mcp-Session-Id``) remembered and pinned to the client that opened them, in all
+    #: and per client (``client_id`` and subject). A session id the middleware did not see
+    #: created (or has forgotten) is answered 404, so its client starts a new session.
     max_sessions: int = 10_000
+    max_sessions_per_client: int = 100
+    #: Most bytes of a ``*/list`` response buffered for filtering: the whole JSON body, or one
+    #: SSE event. Beyond it the list request gets a JSON-RPC error (the result is withheld).
+    max_list_response_size: int = 16 * 1024 * 1024
+    #: Browser origins (``scheme://host[:port]``) allowed to call the server (MCP transport: an
+    #: invalid ``Origin`` is refused with 403). ``None``: the resource's own origin, plus any
+    #: loopback origin when the resource is on loopback; ``["*"]``: any origin. Requests
+    #: without ``Origin`` (non-browser clients) always pass. On a loopback resource the ``Host``
+    #: must also be a loopback name (421 otherwise: DNS rebinding).
+    allowed_origins: Sequence[str] | None = None
     #: Timeout of each request to the IdP (metadata, JWKS, revocation list), seconds.
     http_timeout: float = 5.0
     #: HTTP client for the IdP requests (tests, proxies, custom TLS); default: a private one.
@@ -150,6 +159,10 @@ class ProtectionConfig:
             "revocation_poll_interval": self.revocation_poll_interval, "http_timeout": self.http_timeout,
             "rate_limit_max_clients": self.rate_limit_max_clients, "max_sessions": self.max_sessions,
         }
+        for name, count in (("max_sessions_per_client", self.max_sessions_per_client),
+                            ("max_list_response_size", self.max_list_response_size)):
+            if isinstance(count, bool) or not isinstance(count, int) or count < 1:
+                raise ValueError(f"{name} must be a positive integer, got {count!r}")
         for name, value in positive.items():
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
                 raise ValueError(f"{name} must be a positive number, got {value!r}")
@@ -167,12 +180,29 @@ class ProtectionConfig:
                 raise ValueError(f"{name} must be a positive number or None, got {rate!r}")
         if self.audit is not None and not callable(self.audit):
             raise ValueError("audit must be a callable taking an AuditEvent")
+        if self.allowed_origins is not None:
+            from .origin import normalize_origin
+
+            if not isinstance(self.allowed_origins, (list, tuple)) or not all(
+                isinstance(o, str) and (o == "*" or normalize_origin(o) is not None) for o in self.allowed_origins
+            ):
+                raise ValueError('allowed_origins must be a sequence of origins ("https://app.example[:port]") '
+                                 'or ["*"], got ' + repr(self.allowed_origins))
         if not isinstance(self.public_paths, (list, tuple)) or not all(
             isinstance(p, str) and p.startswith("/") for p in self.public_paths
         ):
             raise ValueError("public_paths must be a sequence of paths starting with '/'")
 
     # --- derived -----------------------------------------------------------------------------
+
+    @cached_property
+    def endpoint(self) -> MCPEndpoint:
+        """The MCP endpoint: route with ``endpoint.serves(scope)`` wherever MCP is served."""
+        return MCPEndpoint(self.mcp_path)
+
+    def is_mcp_endpoint(self, path: str) -> bool:
+        """Whether ``path`` (relative to ``root_path``) is the MCP endpoint."""
+        return self.endpoint.matches(path)
 
     @property
     def resource_origin(self) -> str:

@@ -1,40 +1,47 @@
 """``CBSTMiddleware``: capability-token protection for an MCP streamable-HTTP ASGI app.
 
-Per request on the MCP endpoint (design.md, issue 3, docs/sdk-server.md):
+Per request on the MCP endpoint (:class:`~sdk.server.endpoint.MCPEndpoint`; design.md,
+docs/sdk-server.md):
 
-1. ``OPTIONS`` (CORS preflight, no credentials) passes through; the RFC 9728 metadata is
-   answered at the path and root well-known URIs.
+1. ``Origin``/``Host`` (DNS rebinding, :mod:`.origin`): an invalid ``Origin`` is 403, a
+   non-loopback ``Host`` on a loopback resource 421. ``OPTIONS`` (CORS preflight, no
+   credentials) then passes through; the RFC 9728 metadata is answered at the path and root
+   well-known URIs.
 2. ``POST``: ``Content-Type`` must be ``application/json`` (415), the body at most
    ``max_body_size`` (413) and well-formed JSON-RPC (400, ``-32700``/``-32600``/``-32602``); the
    2026-07-28 routing headers must agree with the body (400, ``-32020``).
 3. The bearer token is verified offline (401 + ``WWW-Authenticate``; 503 when the IdP cannot be
    reached to get keys or a fresh revocation list).
-4. A session id is pinned to the client that opened the session (403 for another client).
+4. A session id must be one the middleware saw created (404 otherwise) and belongs to the
+   client that opened it (403 for another client) — :mod:`.session_pins`.
 5. Each JSON-RPC message is checked against the token's capabilities (403
    ``insufficient_scope`` naming every capability the request needs); ``tools/call`` is rate
    limited per client (429 + ``Retry-After``).
-6. The request goes to the app with the body replayed; ``*/list`` results are filtered (JSON
-   bodies buffered, SSE rewritten event by event); every other response streams through.
-7. One audit event per message.
+6. The request goes to the app with the body replayed; ``*/list`` results are filtered
+   (:mod:`.list_filter`, bounded); every other response streams through.
+7. One audit event per message (:mod:`.audit`).
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import time
-from collections import OrderedDict
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
 from ..access_token import AccessToken, InvalidToken
+from ..asgi import BodyTooLarge, read_body
 from ..jws import MAX_TOKEN_LENGTH
 from . import rpc
-from .audit import AuditEvent, LoggerSink
+from .audit import AuditRecorder, LoggerSink
 from .config import ProtectionConfig
+from .endpoint import route_path
 from .issuer import IssuerUnavailable
+from .list_filter import ListFilter, id_key
 from .metadata import bearer_challenge, metadata_body
+from .origin import OriginPolicy
 from .ratelimit import ToolRateLimiter
+from .session_pins import SessionPins
 from .verifier import TokenVerifier
 
 __all__ = ["ACCESS_TOKEN_SCOPE_KEY", "CBSTMiddleware", "protect"]
@@ -50,7 +57,6 @@ ACCESS_TOKEN_SCOPE_KEY = "cbst.access_token"
 
 log = logging.getLogger("cbst.server")
 _JSON = b"application/json"
-_MAX_SSE_EVENT = 16 * 1024 * 1024
 
 
 class _Refusal(Exception):
@@ -83,7 +89,7 @@ def _header(headers: list[tuple[bytes, bytes]], name: bytes) -> bytes | None:
 
 #: Request headers the middleware reads; each may appear at most once.
 _WATCHED = frozenset({b"authorization", b"content-type", b"content-length", b"mcp-session-id",
-                      *rpc.ROUTING_HEADERS})
+                      b"origin", b"host", *rpc.ROUTING_HEADERS})
 
 
 def _collect(headers: list[tuple[bytes, bytes]]) -> tuple[dict[bytes, bytes], list[bytes]]:
@@ -109,10 +115,6 @@ def _repeated(names: list[bytes], config: ProtectionConfig) -> _Refusal:
     return _Refusal(400, "malformed", f"more than one {name} header", code=rpc.INVALID_REQUEST)
 
 
-def _id_key(value: Any) -> str:
-    return json.dumps(value)
-
-
 class CBSTMiddleware:
     """Pure ASGI middleware; see the module docstring and docs/sdk-server.md.
 
@@ -136,23 +138,23 @@ class CBSTMiddleware:
             max_clients=config.rate_limit_max_clients,
         )
         self.audit = config.audit or LoggerSink(config.audit_logger)
+        self.recorder = AuditRecorder(self.audit, log_arguments=config.log_tool_arguments)
+        self.origins = OriginPolicy(config.resource, config.allowed_origins)
+        self._good_hosts = self.origins.good_hosts  # the common case, without a call
+        self.sessions = SessionPins(max_sessions=int(config.max_sessions),
+                                    max_per_client=config.max_sessions_per_client)
         self._metadata = metadata_body(config)
         self._metadata_paths = config.metadata_paths
-        base = config.mcp_path.rstrip("/") or "/"
-        self._mcp_paths = frozenset({base, base.rstrip("/") + "/"})
+        self._endpoint = config.endpoint
         self._public = frozenset(config.public_paths)
-        self._sessions: OrderedDict[str, tuple[str, str]] = OrderedDict()
 
     # --- entry ------------------------------------------------------------------------------
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
         if kind == "http":
-            path = scope["path"]
-            root = scope.get("root_path")
-            if root and path.startswith(root):  # mounted under a prefix: route as Starlette does
-                path = path[len(root):] or "/"
-            if path in self._mcp_paths:
+            path = route_path(scope)  # mounted under a prefix: route as Starlette does
+            if self._endpoint.matches(path):
                 await self._mcp(scope, receive, send)
             elif path in self._metadata_paths:
                 await self._serve_metadata(scope, send)
@@ -213,20 +215,22 @@ class CBSTMiddleware:
 
     async def _other(self, scope: Scope, receive: Receive, send: Send) -> None:
         """Any other path of the wrapped app: a valid token, no capability check."""
-        if scope["method"] == "OPTIONS":
-            await self.app(scope, receive, send)
-            return
         started = time.time()
         try:
             found, repeated = _collect(scope["headers"])
             if repeated:
                 raise _repeated(repeated, self.config)
+            origin, host = found.get(b"origin"), found.get(b"host")
+            if origin is not None or (host is not None and host not in self._good_hosts):
+                self._check_origin(origin, host)
+            if scope["method"] == "OPTIONS":
+                await self.app(scope, receive, send)
+                return
             token = await self._authenticate(found, [])
         except _Refusal as refusal:
             await self._refuse(send, refusal)
-            self._emit(AuditEvent(time=started, allowed=False, reason=refusal.reason,
-                                  method=f"HTTP {scope['method']} {scope['path'][:200]}",
-                                  status=refusal.status, detail=refusal.detail, remote=_remote(scope)))
+            self.recorder.refused_request(scope, started, reason=refusal.reason, status=refusal.status,
+                                          detail=refusal.detail)
             return
         await self.app(self._inner_scope(scope, token), receive, send)
 
@@ -234,21 +238,24 @@ class CBSTMiddleware:
 
     async def _mcp(self, scope: Scope, receive: Receive, send: Send) -> None:
         method = scope["method"]
-        if method == "OPTIONS":
-            await self.app(scope, receive, send)
-            return
         started, t0 = time.time(), time.perf_counter()
         found, repeated = _collect(scope["headers"])
         messages: list[rpc.Message] = []
         is_batch = False
         generation: str | None = None
         token: AccessToken | None = None
-        raw_sid = found.get(b"mcp-session-id")
-        sid = raw_sid.decode("latin-1")[:256] if raw_sid is not None else None
+        sid_raw = found.get(b"mcp-session-id")
+        sid = sid_raw.decode("latin-1") if sid_raw is not None else None
         body = b""
         try:
             if repeated:  # first-copy and last-copy readers would disagree
                 raise _repeated(repeated, self.config)
+            origin, host = found.get(b"origin"), found.get(b"host")
+            if origin is not None or (host is not None and host not in self._good_hosts):
+                self._check_origin(origin, host)
+            if method == "OPTIONS":
+                await self.app(scope, receive, send)
+                return
             if method == "POST":
                 body = await self._read_body(found, receive)
                 try:
@@ -265,33 +272,43 @@ class CBSTMiddleware:
             self._rate_limit(token, messages)
         except _Refusal as refusal:
             await self._refuse(send, refusal)
-            self._audit_messages(scope, started, t0, messages, token, sid, generation,
-                                 refusal.status, False, refusal.reason, refusal.detail)
+            self.recorder.messages(scope, started, t0, messages, token, _audit_sid(sid), generation,
+                                   refusal.status, False, refusal.reason, refusal.detail)
             return
 
         status_box: list[Any] = [0, sid]
-        is_initialize = not is_batch and messages and messages[0].method == "initialize"
+        sessions = self.sessions
 
         async def send_status(message: Message) -> None:
             if message["type"] == "http.response.start":
-                status_box[0] = message["status"]
-                if is_initialize:
+                status = status_box[0] = message["status"]
+                if sid is None:  # a new session is pinned before its id reaches the client
                     new_sid = _header(message.get("headers") or [], b"mcp-session-id")
                     if new_sid is not None:
-                        status_box[1] = new_sid.decode("latin-1")[:256]
-                        self._pin(status_box[1], token)
+                        status_box[1] = new_sid.decode("latin-1")
+                        sessions.pin(status_box[1], (token.client_id, token.subject))
+                elif status == 404 or (method == "DELETE" and 200 <= status < 300):
+                    sessions.forget(sid)  # the session ended, or the app no longer knows it
             await send(message)
 
         downstream: Send = send_status
         if list_ids:
-            downstream = _ListFilter(send_status, token.scope, list_ids, self.config.max_body_size)
+            downstream = ListFilter(send_status, token.scope, list_ids,
+                                    max_buffer=self.config.max_list_response_size)
         inner_receive = _replay(body, receive) if method == "POST" else receive
         try:
             await self.app(self._inner_scope(scope, token), inner_receive, downstream)
         finally:
             if messages:
-                self._audit_messages(scope, started, t0, messages, token, status_box[1], generation,
-                                     status_box[0] or None, True, "allowed", None)
+                self.recorder.messages(scope, started, t0, messages, token, _audit_sid(status_box[1]),
+                                       generation, status_box[0] or None, True, "allowed", None)
+
+    def _check_origin(self, origin: bytes | None, host: bytes | None) -> None:
+        """MCP transport: an invalid Origin is 403; a loopback server answers only loopback names."""
+        refusal = self.origins.check(origin, host)
+        if refusal is not None:
+            raise _Refusal(refusal.status, refusal.reason, refusal.message, detail=refusal.detail,
+                           code=rpc.FORBIDDEN if refusal.status == 403 else rpc.INVALID_REQUEST)
 
     def _inner_scope(self, scope: Scope, token: AccessToken) -> Scope:
         inner = dict(scope)
@@ -313,20 +330,13 @@ class CBSTMiddleware:
             if int(declared) > limit:
                 raise _Refusal(413, "too_large", f"request body larger than {limit} bytes",
                                code=rpc.INVALID_REQUEST)
-        chunks: list[bytes] = []
-        size = 0
-        while True:
-            message = await receive()
-            if message["type"] == "http.disconnect":
-                raise _Refusal(400, "disconnected", "client disconnected", code=rpc.INVALID_REQUEST)
-            chunk = message.get("body", b"")
-            size += len(chunk)
-            if size > limit:
-                raise _Refusal(413, "too_large", f"request body larger than {limit} bytes",
-                               code=rpc.INVALID_REQUEST)
-            chunks.append(chunk)
-            if not message.get("more_body", False):
-                return b"".join(chunks) if len(chunks) != 1 else chunks[0]
+        try:
+            body = await read_body(receive, limit)
+        except BodyTooLarge as exc:
+            raise _Refusal(413, "too_large", str(exc), code=rpc.INVALID_REQUEST) from None
+        if body is None:
+            raise _Refusal(400, "disconnected", "client disconnected", code=rpc.INVALID_REQUEST)
+        return body
 
     async def _authenticate(self, found: dict[bytes, bytes],
                             requirements: list[rpc.Requirement]) -> AccessToken:
@@ -358,21 +368,14 @@ class CBSTMiddleware:
 
     # --- sessions ------------------------------------------------------------------------------
 
-    def _pin(self, sid: str, token: AccessToken) -> None:
-        self._sessions[sid] = (token.client_id, token.subject)
-        self._sessions.move_to_end(sid)
-        while len(self._sessions) > self.config.max_sessions:
-            self._sessions.popitem(last=False)
-
     def _check_session(self, sid: str, token: AccessToken) -> None:
-        owner = self._sessions.get(sid)
-        if owner is None:
-            self._pin(sid, token)  # opened before we saw it (restart): first user owns it
-            return
+        owner = self.sessions.owner(sid)
+        if owner is None:  # never seen created (or forgotten): MCP says 404, start a new session
+            raise _Refusal(404, "unknown_session", "unknown session: start a new one with initialize",
+                           code=rpc.INVALID_REQUEST, detail=f"session {sid[:256]!r}")
         if owner != (token.client_id, token.subject):
             raise _Refusal(403, "session_mismatch", "this session belongs to another client",
                            code=rpc.FORBIDDEN)
-        self._sessions.move_to_end(sid)
 
     # --- capabilities and rate limits -----------------------------------------------------------
 
@@ -384,7 +387,7 @@ class CBSTMiddleware:
             if not rpc.allows(token.scope, msg, req):
                 denied.append(msg)
             elif req.list_method is not None and msg.kind == "request":
-                list_ids[_id_key(msg.id)] = req.list_method
+                list_ids[id_key(msg.id)] = req.list_method
         if denied:
             needed = [r.scope for r in requirements if r.scope]
             first = denied[0]
@@ -416,37 +419,9 @@ class CBSTMiddleware:
         body = rpc.error_body(refusal.request_id, refusal.code, refusal.message)
         await _respond(send, refusal.status, body, headers)
 
-    def _audit_messages(self, scope: Scope, started: float, t0: float, messages: list[rpc.Message],
-                        token: AccessToken | None, sid: str | None, generation: str | None,
-                        status: int | None, allowed: bool, reason: str, detail: str | None) -> None:
-        duration = round((time.perf_counter() - t0) * 1000, 3)
-        remote = _remote(scope)
-        gen = generation or ("handshake" if messages else None)
-        cid, sub, jti = (token.client_id, token.subject, token.jti) if token is not None else (None, None, None)
-        if not messages:
-            self._emit(AuditEvent(started, allowed, reason, f"HTTP {scope['method']}", None, None, sid, cid, sub,
-                                  jti, status, duration, gen, remote, detail))
-            return
-        log_args = self.config.log_tool_arguments
-        for msg in messages:
-            if msg.kind == "response":
-                continue
-            event = AuditEvent(started, allowed, reason, msg.method, msg.target, msg.id, sid, cid, sub, jti,
-                               status, duration, gen, remote, detail)
-            if log_args and msg.params is not None and "arguments" in msg.params:
-                event.arguments = msg.params["arguments"]
-            self._emit(event)
 
-    def _emit(self, event: AuditEvent) -> None:
-        try:
-            self.audit(event)
-        except Exception:  # noqa: BLE001 - a broken sink must not break requests
-            log.exception("cbst: audit sink failed")
-
-
-def _remote(scope: Scope) -> str | None:
-    client = scope.get("client")
-    return f"{client[0]}:{client[1]}" if client else None
+def _audit_sid(sid: str | None) -> str | None:
+    return sid[:256] if sid is not None else None
 
 
 async def _respond(send: Send, status: int, body: bytes, headers: list[tuple[bytes, bytes]], *,
@@ -471,109 +446,6 @@ def _replay(body: bytes, receive: Receive) -> Receive:
         return await receive()
 
     return inner
-
-
-class _ListFilter:
-    """Rewrites ``*/list`` results in a response: a JSON body is buffered (it is one list
-    result), an SSE stream is rewritten event by event (only the events that carry a list
-    result are re-encoded); anything else passes through untouched."""
-
-    def __init__(self, send: Send, scope: Any, list_ids: dict[str, str], max_body: int) -> None:
-        self.send, self.caps, self.list_ids = send, scope, list_ids
-        self.mode = "pass"
-        self.start: Message | None = None
-        self.chunks: list[bytes] = []
-        self.buffer = b""
-
-    async def __call__(self, message: Message) -> None:
-        kind = message["type"]
-        if kind == "http.response.start":
-            headers = message.get("headers") or []
-            ctype = (_header(headers, b"content-type") or b"").split(b";", 1)[0].strip().lower()
-            if ctype == _JSON:
-                self.mode, self.start = "json", message
-                return
-            if ctype == b"text/event-stream":
-                self.mode = "sse"
-                message = {**message, "headers": [(k, v) for k, v in headers if k != b"content-length"]}
-            await self.send(message)
-        elif kind == "http.response.body" and self.mode == "json":
-            self.chunks.append(message.get("body", b""))
-            if not message.get("more_body", False):
-                body = self._filter_json(b"".join(self.chunks))
-                assert self.start is not None
-                headers = [(k, v) for k, v in self.start.get("headers") or [] if k != b"content-length"]
-                headers.append((b"content-length", str(len(body)).encode()))
-                await self.send({**self.start, "headers": headers})
-                await self.send({"type": "http.response.body", "body": body, "more_body": False})
-        elif kind == "http.response.body" and self.mode == "sse":
-            more = message.get("more_body", False)
-            out = self._feed_sse(message.get("body", b""), final=not more)
-            if out or not more:
-                await self.send({"type": "http.response.body", "body": out, "more_body": more})
-        else:
-            await self.send(message)
-
-    def _filter_obj(self, obj: Any) -> tuple[Any, bool]:
-        if isinstance(obj, list):
-            changed = False
-            out = []
-            for item in obj:
-                new, c = self._filter_obj(item)
-                out.append(new)
-                changed |= c
-            return out, changed
-        if isinstance(obj, dict) and "result" in obj and "id" in obj:
-            method = self.list_ids.get(_id_key(obj["id"]))
-            if method is not None:
-                return {**obj, "result": rpc.filter_result(self.caps, method, obj["result"])}, True
-        return obj, False
-
-    def _filter_json(self, body: bytes) -> bytes:
-        try:
-            obj = json.loads(body)
-        except ValueError:
-            # Cannot read it, so cannot filter it: do not let it through.
-            return rpc.error_body(None, -32603, "unreadable list response withheld")
-        new, changed = self._filter_obj(obj)
-        return json.dumps(new, separators=(",", ":"), ensure_ascii=False).encode() if changed else body
-
-    def _feed_sse(self, chunk: bytes, *, final: bool) -> bytes:
-        self.buffer += chunk
-        out: list[bytes] = []
-        while True:
-            cut = -1
-            sep = b""
-            for candidate in (b"\r\n\r\n", b"\n\n", b"\r\r"):
-                i = self.buffer.find(candidate)
-                if i != -1 and (cut == -1 or i < cut):
-                    cut, sep = i, candidate
-            if cut == -1:
-                break
-            event, self.buffer = self.buffer[:cut], self.buffer[cut + len(sep):]
-            out.append(self._rewrite_event(event) + sep)
-        if final and self.buffer:
-            out.append(self._rewrite_event(self.buffer))
-            self.buffer = b""
-        elif len(self.buffer) > _MAX_SSE_EVENT:
-            self.buffer = b""  # an absurd event: drop it rather than pass it unfiltered
-        return b"".join(out)
-
-    def _rewrite_event(self, event: bytes) -> bytes:
-        lines = event.replace(b"\r\n", b"\n").replace(b"\r", b"\n").split(b"\n")
-        data = [ln[5:].removeprefix(b" ") for ln in lines if ln.startswith(b"data:")]
-        if not data:
-            return event
-        try:
-            obj = json.loads(b"\n".join(data))
-        except ValueError:
-            return event
-        new, changed = self._filter_obj(obj)
-        if not changed:
-            return event
-        others = [ln for ln in lines if not ln.startswith(b"data:")]
-        payload = json.dumps(new, separators=(",", ":"), ensure_ascii=False).encode()
-        return b"\r\n".join([*others, b"data: " + payload])
 
 
 def protect(app: ASGIApp, *, issuer: str, resource: str, **options: Any) -> CBSTMiddleware:

@@ -6,6 +6,9 @@
   ``Mcp-Method``/``Mcp-Name``/``MCP-Protocol-Version`` headers; a header that disagrees with
   the body is refused (HTTP 400, ``HEADER_MISMATCH``). Decisions are always taken on the body,
   never on the headers (notes/mcp-protocol.md).
+* :func:`check_methods` (run by :func:`check_routing`) — a method the request's protocol
+  revision does not have gets the protocol's answer, ``-32601`` (HTTP 404 in 2026-07-28), not
+  a step-up challenge for a capability that cannot exist.
 * :func:`required_capability` — what a message needs (design.md § Capability grammar).
 """
 
@@ -19,22 +22,37 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
-from ..capabilities import URI_METHODS, CapabilityError, CapabilitySet
+from ..capabilities import (
+    HANDSHAKE_METHODS,
+    MODERN_METHODS,
+    PROMPTS_GET,
+    RESOURCES_READ,
+    URI_METHODS,
+    CapabilityError,
+    CapabilitySet,
+    uri_template_pattern,
+)
 
 __all__ = [
     "LIST_FILTERS",
     "Message",
     "RPCRefusal",
+    "check_methods",
     "check_routing_headers",
     "parse_messages",
     "required_capability",
 ]
 
-# JSON-RPC 2.0 and MCP error codes.
-PARSE_ERROR = -32700
-INVALID_REQUEST = -32600
-INVALID_PARAMS = -32602
-HEADER_MISMATCH = -32020  # MCP 2026-07-28
+# JSON-RPC 2.0 and MCP error codes, and the protocol versions: one definition, in sdk.mcp_protocol.
+from .. import mcp_protocol as _protocol
+
+PARSE_ERROR = _protocol.PARSE_ERROR
+INVALID_REQUEST = _protocol.INVALID_REQUEST
+INVALID_PARAMS = _protocol.INVALID_PARAMS
+HEADER_MISMATCH = _protocol.HEADER_MISMATCH
+HANDSHAKE_VERSIONS = _protocol.HANDSHAKE_VERSIONS
+PROTOCOL_VERSION_META_KEY = _protocol.META_PROTOCOL_VERSION
+
 #: CBST: implementation-defined codes (-32000..-32019 band; -32000/-32001 are SDK-internal,
 #: -32002 is retired). One code per kind of refusal so clients can tell them apart.
 UNAUTHORIZED = -32005
@@ -42,8 +60,6 @@ FORBIDDEN = -32003
 RATE_LIMITED = -32004
 UNAVAILABLE = -32006
 
-HANDSHAKE_VERSIONS = frozenset({"2024-11-05", "2025-03-26", "2025-06-18", "2025-11-25"})
-PROTOCOL_VERSION_META_KEY = "io.modelcontextprotocol/protocolVersion"
 #: Methods that need only a valid token.
 OPEN_METHODS = frozenset({"initialize", "ping", "server/discover"})
 #: Body field mirrored in ``Mcp-Name`` (mcp.shared.inbound.NAME_BEARING_METHODS), and the
@@ -64,6 +80,10 @@ LIST_FILTERS: dict[str, tuple[str, str, str]] = {
     "resources/templates/list": ("resourceTemplates", "uriTemplate", "resources/read"),
 }
 _B64_SENTINEL = re.compile(r"=\?base64\?(.*)\?=", re.DOTALL)
+METHOD_NOT_FOUND = -32601  # JSON-RPC 2.0
+COMPLETE = "completion/complete"
+#: completion/complete ``params.ref.type`` -> (ref member, the capability method it is checked by)
+COMPLETION_REFS = {"ref/prompt": ("name", PROMPTS_GET), "ref/resource": ("uri", RESOURCES_READ)}
 
 
 class RPCRefusal(Exception):
@@ -140,7 +160,22 @@ def _one(obj: Any) -> Message:
             raise RPCRefusal(400, INVALID_PARAMS, f"{method} needs params.{field} (a string)",
                              reason="malformed", request_id=rid)
         msg.target = target
+    elif method == COMPLETE:
+        msg.target = _completion_ref(params, rid)[1]
     return msg
+
+
+def _completion_ref(params: Mapping[str, Any] | None, rid: Any) -> tuple[str, str]:
+    """(capability method, name or URI template) of a completion's ``params.ref``."""
+    ref = params.get("ref") if params else None
+    ref_type = ref.get("type") if isinstance(ref, dict) else None
+    kind = COMPLETION_REFS.get(ref_type) if isinstance(ref_type, str) else None
+    value = ref.get(kind[0]) if kind is not None and isinstance(ref, dict) else None
+    if kind is None or not isinstance(value, str) or not value:
+        raise RPCRefusal(400, INVALID_PARAMS, "completion/complete needs params.ref: "
+                         '{"type": "ref/prompt", "name": ...} or {"type": "ref/resource", "uri": ...}',
+                         reason="malformed", request_id=rid)
+    return kind[1], value
 
 
 class _DuplicateKey(ValueError):
@@ -179,10 +214,8 @@ def parse_messages(body: bytes, *, max_batch: int) -> tuple[list[Message], bool]
     """
     try:
         text = body.decode("utf-8")
-        if _duplicates_impossible(body):
-            data = json.loads(text)
-        else:
-            data = json.loads(text, object_pairs_hook=_no_duplicates)
+        hook = None if _duplicates_impossible(body) else _no_duplicates
+        data = json.loads(text, object_pairs_hook=hook)
     except _DuplicateKey:
         raise RPCRefusal(400, INVALID_REQUEST, "a JSON object in the request repeats a member",
                          reason="malformed") from None
@@ -260,6 +293,7 @@ def check_routing(found: Mapping[bytes, bytes], messages: list[Message], is_batc
         if modern or method_h is not None or name_h is not None:
             raise _mismatch("JSON-RPC batches are not part of the 2026-07-28 protocol, and routing "
                             "headers cannot describe a batch")
+        check_methods(messages, None)
         return None
     msg = messages[0]
     if body_versions and version is not None and version not in body_versions:
@@ -279,29 +313,66 @@ def check_routing(found: Mapping[bytes, bytes], messages: list[Message], is_batc
     elif name_h is not None and msg.method not in _MIRRORED_NAME:
         raise _mismatch("Mcp-Name header on a method that names nothing", msg.id)
     if not modern:
+        check_methods(messages, None)
         return None
-    if version is not None and version not in HANDSHAKE_VERSIONS:
-        return version
-    return next(iter(body_versions), None) or version
+    if version is None or version in HANDSHAKE_VERSIONS:
+        version = next(iter(body_versions), None) or version
+    check_methods(messages, version)
+    return version
+
+
+def check_methods(messages: Sequence[Message], generation: str | None) -> None:
+    """Refuse a request (or a non-``notifications/`` notification) whose method the protocol
+    revision does not have — unknown names, and those 2026-07-28 removed (``ping``,
+    ``initialize``, ``logging/setLevel``, ``resources/subscribe``...) — the way the protocol
+    does: JSON-RPC ``-32601``, with HTTP 404 in 2026-07-28 (``ERROR_CODE_HTTP_STATUS`` of the
+    official server) and in a 200 response in the handshake generation. No capability can
+    allow such a method, so a 403 step-up challenge would send the client after a scope that
+    helps nothing. ``generation`` is what :func:`check_routing` returns (None: handshake)."""
+    known = HANDSHAKE_METHODS if generation is None else MODERN_METHODS
+    for msg in messages:
+        method = msg.method
+        if method is None or method in known:
+            continue
+        if msg.kind == "notification" and method.startswith("notifications/"):
+            continue  # servers ignore notifications they do not know
+        shown = method if len(method) <= 64 else method[:61] + "..."
+        revision = "the handshake generation" if generation is None else generation
+        raise RPCRefusal(404 if generation is not None else 200, METHOD_NOT_FOUND,
+                         f"method not found: {shown!r} is not a method of MCP {revision}",
+                         reason="method_not_found", request_id=msg.id if len(messages) == 1 else None)
 
 
 class Requirement(NamedTuple):
     """What a message needs: nothing but a valid token (``open``), a list capability (filtered
-    result), or one capability of ``method`` on ``target``."""
+    result), or one capability of ``method`` on ``target`` — for ``completion/complete`` also
+    the capability its ``ref`` names (``ref_method`` on the prompt name or URI template
+    ``target``)."""
 
     open: bool = False
     list_method: str | None = None
     method: str | None = None
     target: str | None = None
+    ref_method: str | None = None
 
     @property
     def scope(self) -> str | None:
-        """The capability to name in a challenge (computed only when a challenge is sent)."""
-        if self.open:
+        """The capabilities to name in a challenge (computed only when a challenge is sent).
+
+        None for a list: any capability of its family allows it, and naming the broadest
+        (``tools/call:**``) would send a client after more than it may be granted
+        (``invalid_scope``); without a scope the client asks for what it is registered for.
+        """
+        if self.open or self.list_method is not None:
             return None
-        if self.list_method is not None:
-            return _list_scope(self.list_method)
         try:
+            if self.ref_method == RESOURCES_READ:
+                pattern = uri_template_pattern(self.target or "")
+                if pattern is None:
+                    return None
+                return f"{COMPLETE} {RESOURCES_READ}:{pattern}"
+            if self.ref_method is not None:
+                return f"{COMPLETE} {CapabilitySet.required_for(self.ref_method, self.target)}"
             return CapabilitySet.required_for(self.method or "", self.target)
         except CapabilityError:
             return None  # cannot be written as a capability: nothing can allow it
@@ -319,14 +390,12 @@ def required_capability(msg: Message) -> Requirement:
         return _OPEN
     if method in LIST_FILTERS:
         return Requirement(list_method=method)
+    if method == COMPLETE:
+        # Completions reveal argument values of a prompt or resource template: they need the
+        # capability to get that prompt, or to read everything the template can expand to.
+        ref_method, target = _completion_ref(msg.params, msg.id)
+        return Requirement(method=method, target=target, ref_method=ref_method)
     return Requirement(method=method, target=msg.target)
-
-
-def _list_scope(method: str) -> str:
-    # A list method is allowed by any capability of its family; the challenge names the
-    # broadest one so a client knows what family to ask for.
-    call = LIST_FILTERS[method][2]
-    return f"{call}:**"
 
 
 def allows(scope: CapabilitySet, msg: Message, req: Requirement) -> bool:
@@ -335,6 +404,12 @@ def allows(scope: CapabilitySet, msg: Message, req: Requirement) -> bool:
     if req.list_method is not None:
         return scope.allows_list(req.list_method)
     assert msg.method is not None
+    if req.ref_method is not None:
+        if not scope.allows(msg.method):
+            return False
+        if req.ref_method == RESOURCES_READ:
+            return scope.allows_template(req.target or "")
+        return scope.allows(req.ref_method, req.target)
     return scope.allows(msg.method, msg.target)
 
 

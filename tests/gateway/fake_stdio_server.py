@@ -5,6 +5,12 @@ server-to-client request, a slow call to cancel. Standard library only, so it st
 Tools: ``touch {uri}`` (emits notifications/resources/updated), ``changed`` (emits
 notifications/tools/list_changed), ``ask`` (sends the client a roots/list request and reports
 the answer), ``sleep {seconds}``. Every message it receives is appended to $FAKE_MCP_LOG.
+
+With $FAKE_MCP_GO set it also speaks 2026-07-28 (``server/discover``) and serves
+``subscriptions/listen`` as a spec-conforming stream: the acknowledgement, then — once the file
+$FAKE_MCP_GO exists (at most 5 s), and after $FAKE_MCP_PAUSE more seconds — one
+``notifications/tools/list_changed`` (its send time, ``time.monotonic()``, written to
+$FAKE_MCP_GO.sent), then the listen result.
 """
 
 import json
@@ -15,6 +21,7 @@ import time
 
 lock = threading.Lock()
 log_path = os.environ.get("FAKE_MCP_LOG")
+go_path = os.environ.get("FAKE_MCP_GO")
 answers: dict[str, dict] = {}
 waiting: dict[str, threading.Event] = {}
 
@@ -43,6 +50,11 @@ def handle(msg: dict) -> None:
         result(id_, {"protocolVersion": params.get("protocolVersion", "2025-06-18"),
                      "capabilities": {"tools": {"listChanged": True}, "resources": {"subscribe": True}},
                      "serverInfo": {"name": "fake-stdio", "version": "1"}})
+    elif method == "server/discover" and go_path:
+        result(id_, {"supportedVersions": ["2026-07-28"], "capabilities": {"tools": {"listChanged": True}},
+                     "serverInfo": {"name": "fake-stdio", "version": "1"}})
+    elif method == "subscriptions/listen" and go_path:
+        threading.Thread(target=listen, args=(id_,), daemon=True).start()
     elif method in ("resources/subscribe", "resources/unsubscribe", "ping"):
         result(id_, {})
     elif method == "tools/list":
@@ -70,6 +82,20 @@ def handle(msg: dict) -> None:
             send({"jsonrpc": "2.0", "id": id_, "error": {"code": -32602, "message": f"unknown tool {name}"}})
     elif id_ is not None:
         send({"jsonrpc": "2.0", "id": id_, "error": {"code": -32601, "message": f"no method {method}"}})
+
+
+def listen(id_) -> None:
+    meta = {"io.modelcontextprotocol/subscriptionId": id_}
+    send({"jsonrpc": "2.0", "method": "notifications/subscriptions/acknowledged",
+          "params": {"notifications": {"toolsListChanged": True}, "_meta": meta}})
+    deadline = time.monotonic() + 5
+    while not os.path.exists(go_path) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    time.sleep(float(os.environ.get("FAKE_MCP_PAUSE", "0")))
+    with open(go_path + ".sent", "w") as fh:
+        fh.write(repr(time.monotonic()))
+    send({"jsonrpc": "2.0", "method": "notifications/tools/list_changed", "params": {"_meta": meta}})
+    result(id_, {"_meta": meta})
 
 
 for line in sys.stdin:

@@ -167,7 +167,7 @@ def test_stdio_child_crash_is_survived(idp: IdP, gateway_process: Any) -> None:
 
     before, message, after = anyio.run(run)
     health = httpx.get(gw.url + "/healthz").json()  # public: no token needed
-    assert health["status"] == "ok" and health["restarts"] == 1
+    assert health == {"status": "ok"}  # serving again (and saying nothing of the child)
     assert "exited (code 3)" in message and "restarting" in message
     assert before.startswith("a (pid ") and after.startswith("b (pid ") and before[7:] != after[7:]
     assert "exited with code 3" in gw.output()
@@ -295,10 +295,8 @@ def test_stopping_the_gateway_stops_its_stdio_servers(idp: IdP, gateway_process:
             await client.call_tool("echo", {"text": "x"})
 
     anyio.run(run)
-    health = httpx.get(gw.url + "/healthz").json()
-    assert health["modern"] == "supported"
     children = [int(p) for p in Path(f"/proc/{gw.proc.pid}/task/{gw.proc.pid}/children").read_text().split()]
-    assert health["pid"] in children and len(children) == 2
+    assert len(children) == 2  # the handshake process and the 2026-07-28 one
     gw.stop()
     assert gw.proc.returncode == -15, gw.output()  # graceful shutdown, then exit by the signal (as uvicorn does)
     deadline = time.monotonic() + 10

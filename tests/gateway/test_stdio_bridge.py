@@ -6,6 +6,7 @@ built on the official Python SDK, driven by the official MCP Python client throu
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import sys
@@ -218,7 +219,7 @@ def test_a_child_that_keeps_crashing_is_fatal() -> None:
             sent.append(message)
 
         await bridge({"type": "http", "method": "GET", "path": "/healthz", "headers": []}, None, send)
-        assert sent[0]["status"] == 503 and b"giving up" in sent[1]["body"]
+        assert sent[0]["status"] == 503 and json.loads(sent[1]["body"]) == {"status": "unavailable"}
         await bridge.aclose()
         assert answer["error"]["code"] == -32603 and "unavailable" in answer["error"]["message"]
         return bridge

@@ -211,8 +211,9 @@ def test_audit_tail_cli_lines_json_event_filter_and_follow(settings: Settings, p
 
 @pytest.mark.slow
 def test_cli_changes_also_write_a_json_audit_log_line(settings: Settings, provider: Provider, http: Any) -> None:
-    """Registrations, rotations and revocations are mostly made with the CLI: their audit records
-    must reach the JSON log too (on the CLI's stderr), not only the database."""
+    """Registrations, rotations and revocations are mostly made with the CLI: with ``idp --verbose``
+    their audit records reach the JSON log too (on the CLI's stderr), not only the database.
+    (Without it a command prints no log records: tests/idp/test_cli.py.)"""
     env = {**env_for(settings), "IDP_LOG_LEVEL": "info"}
 
     def audit_lines(res: subprocess.CompletedProcess[str]) -> list[dict[str, Any]]:
@@ -220,22 +221,22 @@ def test_cli_changes_also_write_a_json_audit_log_line(settings: Settings, provid
         objs = [json.loads(x) for x in res.stderr.splitlines() if x.startswith("{")]
         return [o for o in objs if o.get("logger") == "cbst.audit"]
 
-    res = run_cli("clients", "add", "logged", "--capabilities", "tools/call:*", "--audience", AUDIENCE, "--json", env=env)
+    res = run_cli("--verbose", "clients", "add", "logged", "--capabilities", "tools/call:*", "--audience", AUDIENCE, "--json", env=env)
     added = json.loads(res.stdout)  # stdout stays a clean JSON document
     (line,) = audit_lines(res)
     assert line["msg"] == "client.registered" and line["audit"]["client_id"] == added["client_id"]
     assert added["client_secret"] not in res.stderr
 
-    res = run_cli("keys", "rotate", "--json", env=env)
+    res = run_cli("--verbose", "keys", "rotate", "--json", env=env)
     (line,) = audit_lines(res)
     assert line["msg"] == "key.created" and line["audit"]["data"]["kid"] == json.loads(res.stdout)["kid"]
 
     jti = claims_of(token_for(http, added["client_id"], added["client_secret"]))["jti"]
-    res = run_cli("tokens", "revoke", jti, env=env)
+    res = run_cli("--verbose", "tokens", "revoke", jti, env=env)
     (line,) = audit_lines(res)
     assert line["msg"] == "token.revoked" and line["audit"]["jti"] == jti
 
-    quiet = run_cli("clients", "disable", "logged", env={**env, "IDP_LOG_LEVEL": "warning"})
+    quiet = run_cli("--verbose", "clients", "disable", "logged", env={**env, "IDP_LOG_LEVEL": "warning"})
     assert quiet.returncode == 0 and quiet.stderr == ""
 
 

@@ -10,11 +10,11 @@ from typing import Any
 
 import pytest
 import sqlalchemy as sa
+from idp_testing import AUDIENCE, env_for, random_kek, register, run_cli
+from idp_testing import ROOT as ROOT_DIR
 
 from idp.config import Settings
 from idp.provider import Provider
-
-from idp_testing import AUDIENCE, env_for, register, run_cli
 
 pytestmark = pytest.mark.slow
 
@@ -74,15 +74,18 @@ def test_clients_add_list_show_disable_enable_remove_and_tokens_revoke(settings:
     assert secret not in repr(tuple(stored))
 
     # Token request needs a resource: the client has two audiences.
-    resp = http.post("/token", data={"grant_type": "client_credentials", "resource": AUDIENCE}, auth=(client_id, secret))
+    resp = http.post("/token", data={"grant_type": "client_credentials", "resource": AUDIENCE},
+                     auth=(client_id, secret))
     assert resp.status_code == 200, resp.text
     assert cli_json(env, "clients", "disable", "agent")["enabled"] is False
-    resp = http.post("/token", data={"grant_type": "client_credentials", "resource": AUDIENCE}, auth=(client_id, secret))
+    resp = http.post("/token", data={"grant_type": "client_credentials", "resource": AUDIENCE},
+                     auth=(client_id, secret))
     assert resp.status_code == 401 and resp.json()["error"] == "invalid_client"
     assert "disabled" in resp.json()["error_description"]
     # By client_id ("--" ends the options, as a script passing any id should).
     assert json.loads(cli(env, "clients", "enable", "--json", "--", client_id).stdout)["enabled"] is True
-    resp = http.post("/token", data={"grant_type": "client_credentials", "resource": AUDIENCE}, auth=(client_id, secret))
+    resp = http.post("/token", data={"grant_type": "client_credentials", "resource": AUDIENCE},
+                     auth=(client_id, secret))
     assert resp.status_code == 200, resp.text
     access_token = resp.json()["access_token"]
     from sdk.jws import b64url_decode
@@ -92,7 +95,7 @@ def test_clients_add_list_show_disable_enable_remove_and_tokens_revoke(settings:
     def active() -> bool:
         r = http.post("/introspect", data={"token": access_token}, auth=(client_id, secret))
         assert r.status_code == 200
-        return r.json()["active"]
+        return bool(r.json()["active"])
 
     assert active()
     revoked = cli_json(env, "tokens", "revoke", jti)
@@ -114,7 +117,8 @@ def test_clients_add_list_show_disable_enable_remove_and_tokens_revoke(settings:
     assert provider.clients.find("agent") is not None
     assert cli_json(env, "clients", "remove", "agent", "--yes") == {"removed": client_id}
     assert provider.clients.list() == []
-    resp = http.post("/token", data={"grant_type": "client_credentials", "resource": AUDIENCE}, auth=(client_id, secret))
+    resp = http.post("/token", data={"grant_type": "client_credentials", "resource": AUDIENCE},
+                     auth=(client_id, secret))
     assert resp.status_code == 401
 
 
@@ -145,7 +149,7 @@ def test_keys_list_rotate_retire(settings: Settings, provider: Provider, http: A
 def _clean_error(res: subprocess.CompletedProcess[str], *, as_json: bool = False) -> str:
     assert "Traceback" not in res.stdout + res.stderr
     if as_json:
-        return json.loads(res.stdout)["error"]
+        return str(json.loads(res.stdout)["error"])
     lines = [line for line in res.stderr.splitlines() if line.strip()]
     assert len(lines) == 1, res.stderr
     return lines[0]
@@ -173,7 +177,8 @@ def _check_refusals(cases: list[tuple[list[str], dict[str, str], str]], env: dic
         except (AssertionError, ValueError) as exc:
             problems.append(f"{args} {extra}: unclear error: {exc!r} {res.stderr!r}")
             continue
-        if not line.startswith("error:") or expect.lower() not in line.lower() or expect.lower() not in json_error.lower():
+        said = expect.lower() in line.lower() and expect.lower() in json_error.lower()
+        if not line.startswith("error:") or not said:
             problems.append(f"{args} {extra}: error does not say {expect!r}: {line!r}")
         if "hunter2" in res.stdout + res.stderr + (res_json.stdout if res_json else ""):
             problems.append(f"{args} {extra}: the database password is shown")
@@ -293,3 +298,97 @@ def test_human_output_shows_stored_values_literally(tmp_path: Path) -> None:
         flat = "".join(out.split())  # tables may wrap long cells
         for aud in odd:
             assert aud in flat, f"{name}: {aud!r} not shown literally:\n{out}"
+
+
+# --- issue 6, item 22: one-line errors, clean output ---------------------------------------
+
+
+def _sqlite_env(tmp_path: Path, **extra: str) -> dict[str, str]:
+    """A fresh SQLite IdP, with the default log level (info): the environment an operator has."""
+    return {"IDP_DATABASE_URL": f"sqlite:///{tmp_path / 'idp.db'}", "IDP_KEYS_DIR": str(tmp_path / "keys"),
+            "IDP_LOG_LEVEL": "info", **extra}
+
+
+def test_commands_print_no_log_records_unless_verbose_and_still_audit(tmp_path: Path) -> None:
+    env = _sqlite_env(tmp_path)
+    add = ["clients", "add", "quiet", "--capabilities", "tools/call:x", "--audience", AUDIENCE]
+    res = cli(env, *add)
+    assert "quiet" in res.stdout and res.stderr == "", res.stderr  # no JSON audit line mixed in
+    res = cli(env, "keys", "rotate", "--json")
+    assert json.loads(res.stdout)["kid"] and res.stderr == "", res.stderr
+    loud = cli(env, "--verbose", "clients", "add", "loud", "--capabilities", "tools/call:x", "--audience", AUDIENCE)
+    records = [json.loads(line) for line in loud.stderr.splitlines()]
+    assert [r["msg"] for r in records] == ["client.registered"] and records[0]["logger"] == "cbst.audit"
+    # Quiet or not, every change is in the audit log.
+    events = [json.loads(line)["event"] for line in cli(env, "audit", "tail", "--json").stdout.splitlines()]
+    assert events == ["client.registered", "key.created", "key.created", "client.registered"]  # first key, rotation
+
+
+def test_tables_never_cut_the_ids_a_user_types_next(tmp_path: Path) -> None:
+    env = _sqlite_env(tmp_path, COLUMNS="60")  # a narrow terminal (or a pipe: 80)
+    caps = " ".join(f"tools/call:tool-number-{i}" for i in range(8))
+    auds = [a for i in range(3) for a in ("--audience", f"https://server-{i}.example.test/mcp")]
+    name = "a-client-with-a-rather-long-name"
+    client_id = cli_json(env, "clients", "add", name, "--capabilities", caps, *auds)["client_id"]
+    kids = [cli_json(env, "keys", "rotate")["kid"] for _ in range(2)]
+    listed = cli(env, "clients", "list").stdout
+    assert client_id in listed and name in listed, listed
+    assert "…" not in listed  # nothing is elided: long cells fold onto more lines
+    keys = cli(env, "keys", "list").stdout
+    assert all(kid in keys for kid in kids), keys
+    assert "…" not in keys
+
+
+def test_audit_tail_refuses_unknown_filters_and_lists_the_valid_ones(tmp_path: Path) -> None:
+    env = _sqlite_env(tmp_path)
+    added = cli_json(env, "clients", "add", "agent", "--capabilities", "tools/call:x", "--audience", AUDIENCE)
+    client_id = added["client_id"]
+    for bad in ("nosuch", "token.issud", "clients.*"):
+        line = _clean_error(cli(env, "audit", "tail", "--event", bad, code=1))
+        assert bad in line and "client.registered" in line and "token.issued" in line, line
+        assert bad in cli_json(env, "audit", "tail", "--event", bad, code=1)["error"]
+    line = _clean_error(cli(env, "audit", "tail", "--client", "nobody", code=1))
+    assert "nobody" in line and "idp clients list" in line, line
+    res = run_cli("audit", "tail", "--actor", "cli", env=env)  # an unknown filter key: a usage error
+    assert res.returncode == 2 and "Traceback" not in res.stderr and "--actor" in res.stderr, res.stderr
+    # Known filters still work: patterns, a client by id or by name, a known event with no records yet.
+    matched = cli(env, "audit", "tail", "--event", "client.*", "--json").stdout.splitlines()
+    assert [json.loads(r)["event"] for r in matched] == ["client.registered"]
+    for ref in (client_id, "agent"):
+        rows = [json.loads(r) for r in cli(env, "audit", "tail", "--client", ref, "--json").stdout.splitlines()]
+        assert [(r["event"], r["client_id"]) for r in rows] == [("client.registered", client_id)]
+    assert cli(env, "audit", "tail", "--event", "token.revoked", "--json").stdout == ""
+    assert "no audit records" in cli(env, "audit", "tail", "--event", "token.revoked").stdout
+    # A removed client's history stays reachable by its id.
+    cli(env, "clients", "remove", "agent", "--yes")
+    rows = [json.loads(r) for r in cli(env, "audit", "tail", "--client", client_id, "--json").stdout.splitlines()]
+    assert [r["event"] for r in rows] == ["client.registered", "client.removed"]
+
+
+def test_postgresql_url_without_the_driver_is_a_clear_error(tmp_path: Path) -> None:
+    """psycopg is installed here; a package shadowing it stands in for an install without it."""
+    shadow = tmp_path / "no-driver" / "psycopg"
+    shadow.mkdir(parents=True)
+    (shadow / "__init__.py").write_text('raise ModuleNotFoundError("No module named \'psycopg\'", name="psycopg")\n')
+    import os
+
+    env = {"IDP_DATABASE_URL": "postgresql://idp:hunter2@127.0.0.1:5432/idp", "IDP_KEYS_DIR": str(tmp_path / "keys"),
+           "PYTHONPATH": os.pathsep.join([str(shadow.parent), str(ROOT_DIR), os.environ.get("PYTHONPATH", "")])}
+    _check_refusals([(["clients", "list"], {}, "psycopg"), (["keys", "rotate"], {}, "psycopg"),
+                     (["db", "upgrade"], {}, "psycopg"), (["db", "current"], {}, "psycopg")], env, json_cases=4)
+
+
+def test_psycopg_is_part_of_the_normal_install() -> None:
+    import tomllib
+
+    project = tomllib.loads((ROOT_DIR / "pyproject.toml").read_text())["project"]
+    assert any(dep.replace(" ", "").startswith("psycopg[binary]") for dep in project["dependencies"])
+
+
+@pytest.mark.postgres
+def test_a_plain_postgresql_url_works(pg_database: str) -> None:
+    assert pg_database.startswith("postgresql://")
+    env = {"IDP_DATABASE_URL": pg_database, "IDP_KEYSTORE_KEK": random_kek(), "IDP_LOG_LEVEL": "info"}
+    added = cli_json(env, "clients", "add", "pg", "--capabilities", "tools/call:x", "--audience", AUDIENCE)
+    assert [c["client_id"] for c in cli_json(env, "clients", "list")] == [added["client_id"]]
+    assert cli_json(env, "db", "current")["revision"]

@@ -30,6 +30,14 @@ def _jti(token: str) -> str:
     return json.loads(jws.split(token)[1])["jti"]
 
 
+def _resource_server(provider: Provider) -> tuple[Any, str]:
+    """The protected resource's own client: it may introspect tokens for its audience (RFC 7662 §4)."""
+    rs, secret = provider.clients.add("resource-server", capabilities="logging/setLevel", audiences=[AUDIENCE],
+                                      kind="resource_server")
+    assert secret
+    return rs, secret
+
+
 def _revoked_jtis(http: Any) -> set[str]:
     return {entry["jti"] for entry in http.get("/revoked").json()["revoked"]}
 
@@ -38,7 +46,7 @@ def _revoked_jtis(http: Any) -> set[str]:
 def test_disabling_or_removing_a_client_revokes_its_outstanding_tokens(provider: Provider, http: Any, action: str) -> None:
     agent, agent_secret = register(provider, "agent")
     other, other_secret = register(provider, "other")
-    rs, rs_secret = register(provider, "resource-server", capabilities="logging/setLevel", audiences=(AUDIENCE,))
+    rs, rs_secret = _resource_server(provider)
     rs_auth = (rs.client_id, rs_secret)
     tokens = [_token(http, agent.client_id, agent_secret)["access_token"] for _ in range(3)]
     bystander = _token(http, other.client_id, other_secret)["access_token"]
@@ -63,7 +71,7 @@ def test_disabling_or_removing_a_client_revokes_its_outstanding_tokens(provider:
 
 def test_a_reenabled_client_gets_new_tokens_but_old_ones_stay_revoked(provider: Provider, http: Any) -> None:
     agent, secret = register(provider, "agent")
-    rs, rs_secret = register(provider, "resource-server", capabilities="logging/setLevel")
+    rs, rs_secret = _resource_server(provider)
     old = _token(http, agent.client_id, secret)["access_token"]
     provider.clients.set_enabled(agent.client_id, False)
     refused = http.post("/token", data={"grant_type": "client_credentials"}, auth=(agent.client_id, secret))

@@ -108,6 +108,21 @@ def test_fuzzed_requests_from_an_authenticated_client_never_5xx(env: Env, target
     assert resp.status_code in (200, 400, 401, 413), resp.text
 
 
+@FUZZ
+@given(path=st.sampled_from(ENDPOINTS), name=st.sampled_from([p for p in PARAMS if p != "resource"]),
+       first=st.one_of(st.just(""), values), second=st.one_of(st.just(""), values), extra=pairs)
+def test_fuzzed_repeated_parameter_is_invalid_request_even_with_an_empty_copy(
+        env: Env, targets: dict[str, Any], path: str, name: str, first: str, second: str, extra: list[tuple[str, str]]) -> None:
+    """RFC 6749 §3.1: a parameter sent twice is refused, whatever either copy holds (empty included)."""
+    auth = basic(targets["secret_client"].client_id, targets["secret"]).encode()
+    body = urllib.parse.urlencode([("grant_type", "client_credentials"), (name, first), *extra, (name, second)]).encode()
+    before = env.counts()
+    resp = _post(env, path, body, FORM, auth)
+    check(resp)
+    assert resp.status_code == 400 and resp.json()["error"] == "invalid_request", resp.text
+    assert env.counts() == before
+
+
 # JSON values a hostile JWT may carry: wrong types, huge numbers, NaN/Infinity, deep nesting.
 json_leaf = st.one_of(st.none(), st.booleans(), st.integers(min_value=-(2**70), max_value=2**70), st.floats(), text)
 json_value = st.recursive(json_leaf, lambda inner: st.one_of(st.lists(inner, max_size=4),

@@ -1,8 +1,8 @@
 """Token introspection (RFC 7662) and revocation (RFC 7009) over HTTP.
 
 Introspection answers ``active: true`` only for a valid token of this IdP, and only to the client
-it was issued to or to a resource server registered for its audience (RFC 7662 §4); to anyone
-else, and for revoked, expired, foreign or garbage tokens, exactly ``{"active": false}``.
+it was issued to or to a resource-server client registered for its audience (RFC 7662 §4); to
+anyone else (other clients of the same audience included), and for revoked, expired, foreign or garbage tokens, exactly ``{"active": false}``.
 Revocation: a client revokes only its own tokens (RFC 7009 §2.1); invalid tokens answer 200 (§2.2).
 """
 
@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 from idp_testing import AUDIENCE, ISSUER
-from test_token_endpoint import OTHER_AUDIENCE, Env, assert_oauth_error, basic, env  # noqa: F401 - env is a fixture
+from test_token_endpoint import FORM, OTHER_AUDIENCE, Env, assert_oauth_error, basic, env  # noqa: F401 - env is a fixture
 
 import idp.clock
 from sdk.jws import PrivateKey
@@ -128,11 +128,32 @@ def test_rfc7662_4_other_client_without_the_audience_sees_inactive(env: Env) -> 
 
 def test_rfc7662_4_resource_server_holding_the_audience_sees_active(env: Env) -> None:
     owner, owner_secret = env.register()
-    resource_server, rs_secret = env.register(capabilities="logging/setLevel", audiences=(AUDIENCE,))
+    resource_server, rs_secret = env.register(capabilities="logging/setLevel", audiences=(AUDIENCE,), kind="resource_server")
     token = env.token(owner, owner_secret)
     body = introspect(env, resource_server, rs_secret, token).json()
     assert body["active"] is True
     assert body["client_id"] == owner.client_id and body["aud"] == AUDIENCE
+
+
+def test_rfc7662_4_another_client_of_the_same_audience_sees_inactive(env: Env) -> None:
+    """A client registered for the audience is not the protected resource: the owner's token,
+    introspected by a fellow client, is {"active": false} with no claims (RFC 7662 §4)."""
+    owner, owner_secret = env.register()
+    fellow, fellow_secret = env.register(audiences=(AUDIENCE,))
+    token = env.token(owner, owner_secret)
+    assert introspect(env, owner, owner_secret, token).json()["active"] is True  # guard: the token is valid
+    assert_inactive(introspect(env, fellow, fellow_secret, token))
+    # Also when it names the token, the hint or the resource; and with client_secret_post.
+    post_fellow, post_secret = env.register(audiences=(AUDIENCE, OTHER_AUDIENCE), auth_method="client_secret_post")
+    resp = env.http.post("/introspect", data={"token": token, "token_type_hint": "access_token", "client_id": post_fellow.client_id,
+                                              "client_secret": post_secret, "resource": AUDIENCE})
+    assert_inactive(resp)
+
+
+def test_rfc7662_4_resource_server_of_another_audience_sees_inactive(env: Env) -> None:
+    owner, owner_secret = env.register()
+    other_rs, rs_secret = env.register(capabilities="logging/setLevel", audiences=(OTHER_AUDIENCE,), kind="resource_server")
+    assert_inactive(introspect(env, other_rs, rs_secret, env.token(owner, owner_secret)))
 
 
 @pytest.mark.parametrize("how", ["none", "wrong_secret", "unknown_client"])
@@ -155,6 +176,19 @@ def test_rfc7662_2_1_missing_token_is_invalid_request(env: Env) -> None:
     client, secret = env.register()
     resp = env.http.post("/introspect", data={}, headers={"Authorization": basic(client.client_id, secret)})
     assert_oauth_error(resp, 400, "invalid_request")
+
+
+@pytest.mark.parametrize("path", ["/introspect", "/revoke"])
+def test_rfc6749_3_1_token_repeated_after_an_empty_one_is_invalid_request(env: Env, path: str) -> None:
+    """``token=&token=<real token>``: the parameter is repeated, whatever the first copy holds."""
+    client, secret = env.register()
+    token = env.token(client, secret)
+    before = env.counts()
+    resp = env.http.post(path, content=f"token=&token={token}".encode(),
+                         headers={"Authorization": basic(client.client_id, secret), "Content-Type": FORM})
+    assert_oauth_error(resp, 400, "invalid_request")
+    assert env.counts() == before
+    assert introspect(env, client, secret, token).json()["active"] is True  # not revoked
 
 
 def test_rfc7662_introspection_writes_nothing(env: Env) -> None:
@@ -189,7 +223,7 @@ def test_rfc7009_2_1_own_token_revoked_then_inactive_with_audit_record(env: Env)
 
 def test_rfc7009_revoked_token_is_refused_for_a_resource_server_too(env: Env) -> None:
     owner, owner_secret = env.register()
-    rs, rs_secret = env.register(capabilities="logging/setLevel")
+    rs, rs_secret = env.register(capabilities="logging/setLevel", kind="resource_server")
     token = env.token(owner, owner_secret)
     assert introspect(env, rs, rs_secret, token).json()["active"] is True
     revoke(env, owner, owner_secret, token)
@@ -198,7 +232,7 @@ def test_rfc7009_revoked_token_is_refused_for_a_resource_server_too(env: Env) ->
 
 def test_rfc7009_2_1_another_clients_token_is_unauthorized_client_and_nothing_written(env: Env) -> None:
     owner, owner_secret = env.register()
-    other, other_secret = env.register()  # same audience: it may introspect, but not revoke
+    other, other_secret = env.register(kind="resource_server")  # it may introspect, but not revoke
     token = env.token(owner, owner_secret)
     before = env.counts()
     assert_oauth_error(revoke(env, other, other_secret, token), 400, "unauthorized_client")

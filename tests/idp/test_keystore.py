@@ -15,13 +15,12 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 from cryptography.hazmat.primitives import serialization
+from idp_testing import env_for, random_kek, run_cli
 
 from idp.config import Settings
 from idp.keystore import Keystore, KeystoreError
 from idp.logs import JsonFormatter
 from idp.provider import Provider
-
-from idp_testing import env_for, random_kek, run_cli
 
 PASSPHRASE = "correct horse battery staple"
 
@@ -163,7 +162,8 @@ def test_malformed_kek_is_a_clear_keystore_error(tmp_path: Path, bad: str) -> No
 
 
 def test_envelope_is_bound_to_its_kid(tmp_path: Path) -> None:
-    for ks in (Keystore.open(keys_dir=tmp_path, kek=random_kek()), Keystore.open(keys_dir=tmp_path, passphrase=PASSPHRASE)):
+    for ks in (Keystore.open(keys_dir=tmp_path, kek=random_kek()),
+               Keystore.open(keys_dir=tmp_path, passphrase=PASSPHRASE)):
         env_a = ks.seal(b"key material a", kid="kid-a")
         assert ks.open_envelope(env_a, kid="kid-a") == b"key material a"
         with pytest.raises(KeystoreError, match="cannot decrypt key kid-b"):
@@ -203,7 +203,8 @@ def test_swapping_envelopes_between_key_rows_fails(settings: Settings) -> None:
 @pytest.mark.parametrize("mode", ["kek", "passphrase"])
 def test_wrong_kek_or_passphrase_is_a_clear_error_and_never_seals_a_new_key(settings: Settings, mode: str) -> None:
     good = with_keystore(settings, mode)
-    wrong = with_keystore(settings, mode, **({"keystore_passphrase": "another long passphrase"} if mode == "passphrase" else {}))
+    other_secret = {"keystore_passphrase": "another long passphrase"} if mode == "passphrase" else {}
+    wrong = with_keystore(settings, mode, **other_secret)
     prov = Provider.open(good)
     prov.close()
     other = Provider.open(wrong)
@@ -255,14 +256,14 @@ def test_concurrent_first_starts_share_one_generated_kek(tmp_path: Path) -> None
         barrier = threading.Barrier(6)
         results: list[Any] = []
 
-        def start() -> None:
+        def start(barrier: threading.Barrier, keys_dir: Path, results: list[Any]) -> None:
             barrier.wait()
             try:
                 results.append(Keystore.open(keys_dir=keys_dir)._kek)
             except KeystoreError as exc:
                 results.append(exc)
 
-        threads = [threading.Thread(target=start) for _ in range(6)]
+        threads = [threading.Thread(target=start, args=(barrier, keys_dir, results)) for _ in range(6)]
         for t in threads:
             t.start()
         for t in threads:

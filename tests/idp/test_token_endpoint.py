@@ -51,14 +51,20 @@ class Env:
 
     def register(self, *, capabilities: str = "tools/call:* resources/read:file:///docs/**",
                  audiences: tuple[str, ...] = (AUDIENCE,), auth_method: str = "client_secret_basic",
-                 jwks: dict[str, Any] | None = None) -> tuple[Any, str | None]:
+                 jwks: dict[str, Any] | None = None, kind: str | None = None) -> tuple[Any, str | None]:
         name = "c-" + secrets.token_hex(6)
+        extra = {"kind": kind} if kind else {}
         return self.provider.clients.add(name, capabilities=capabilities, audiences=list(audiences),
-                                         auth_method=auth_method, jwks=jwks)
+                                         auth_method=auth_method, jwks=jwks, **extra)
 
     def counts(self) -> dict[str, int]:
+        """Rows per table. A refused authentication's own audit record (``client.auth_failed``) is
+        not counted: "writes nothing" means nothing else (tests/idp/test_auth_throttle.py checks it)."""
         with self.provider.engine.connect() as conn:
-            return {t: conn.execute(sa.text(f"SELECT COUNT(*) FROM {t}")).scalar_one() for t in TABLES}
+            counts = {t: conn.execute(sa.text(f"SELECT COUNT(*) FROM {t}")).scalar_one() for t in TABLES}
+            counts["audit_events"] -= conn.execute(
+                sa.text("SELECT COUNT(*) FROM audit_events WHERE event = 'client.auth_failed'")).scalar_one()
+        return counts
 
     def audit(self, event: str, **where: str) -> list[dict[str, Any]]:
         query = "SELECT event, actor, client_id, jti, data FROM audit_events WHERE event = :event"
@@ -95,7 +101,10 @@ def env(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
         with admin.connect() as conn:
             conn.exec_driver_sql(f'CREATE DATABASE "{name}"')
         url, drop = sa.engine.make_url(server).set(database=name).render_as_string(hide_password=False), name
-    settings = Settings(issuer=ISSUER, database_url=url, keys_dir=tmp / "keys", keystore_kek=random_kek())
+    # One test client address for the whole module, which refuses many authentications on purpose:
+    # failure limits out of the way here (tests/idp/test_auth_throttle.py tests them).
+    settings = Settings(issuer=ISSUER, database_url=url, keys_dir=tmp / "keys", keystore_kek=random_kek(),
+                        auth_fail_client=0, auth_fail_address=0)
     try:
         yield from make_env(settings)
     finally:
@@ -342,6 +351,18 @@ REFUSALS: dict[str, tuple[dict[str, Any], int, str, bool]] = {
     "rfc6749_3_2_duplicate_scope_is_invalid_request": (
         {**_b("basic"), "form": [("grant_type", "client_credentials"), ("scope", "tools/call:a"), ("scope", "tools/call:b")]},
         400, "invalid_request", False),
+    # RFC 6749 §3.1: "Request and response parameters MUST NOT be included more than once" — also
+    # when one of the copies is empty (an empty value counts as omitted, but the name was sent).
+    "rfc6749_3_1_scope_repeated_after_an_empty_one_is_invalid_request": (
+        {**_b("basic"), "form": [("grant_type", "client_credentials"), ("scope", ""), ("scope", "tools/call:a")]},
+        400, "invalid_request", False),
+    "rfc6749_3_1_scope_repeated_empty_after_a_value_is_invalid_request": (
+        {**_b("basic"), "form": [("grant_type", "client_credentials"), ("scope", "tools/call:a"), ("scope", "")]},
+        400, "invalid_request", False),
+    "rfc6749_3_1_grant_type_repeated_after_an_empty_one_is_invalid_request": (
+        {**_b("basic"), "form": [("grant_type", ""), ("grant_type", "client_credentials")]}, 400, "invalid_request", False),
+    "rfc6749_3_1_client_secret_repeated_after_an_empty_one_is_invalid_request": (
+        {"post_empty_dup": "post", "form": {"grant_type": "client_credentials"}}, 400, "invalid_request", False),
     "rfc6749_3_2_duplicate_client_secret_is_invalid_request": (
         {"post_dup": "post", "form": {"grant_type": "client_credentials"}}, 400, "invalid_request", False),
     "rfc6749_2_3_two_auth_methods_basic_and_post_is_invalid_request": (
@@ -407,6 +428,9 @@ def send(env: Env, clients: dict[str, Any], spec: dict[str, Any], path: str = "/
     if "post_dup" in spec:
         cid, sec = clients[spec["post_dup"]]
         pairs += [("client_id", cid), ("client_secret", sec), ("client_secret", sec)]
+    if "post_empty_dup" in spec:
+        cid, sec = clients[spec["post_empty_dup"]]
+        pairs += [("client_id", cid), ("client_secret", ""), ("client_secret", sec)]
     if "basic_and_post" in spec:
         cid, sec = clients[spec["basic_and_post"]]
         headers["Authorization"] = basic(cid, sec)

@@ -156,7 +156,6 @@ def test_parse_valid(text: str, method: str, pattern: str | None, canonical: str
         ("resources/read:docs", "absolute URI"),
         ("resources/read:*", "absolute URI"),
         ("resources/read:1ab:/x", "scheme"),
-        ("resources/read:file:///docs#top", "fragment"),
         ("resources/read:file:///a%2Fb/**", "encoded"),
         ("resources/read:file:///a%5c/**", "encoded"),
         ("resources/read:file:///a%00", "encoded"),
@@ -300,7 +299,7 @@ DOCS = "resources/read:file:///docs/**"
         ("resources/read:file:///docs/*", "file:///docs/a.md", True),
         ("resources/read:file:///docs/*", "file:///docs/a/b.md", False),
         ("resources/read:file:///docs/*", "file:///docs/a.md?x", False),  # '*' never '?'
-        ("resources/read:file:///docs/*", "file:///docs/a.md#x", True),  # fragment dropped
+        ("resources/read:file:///docs/*", "file:///docs/a.md#x", False),  # fragment kept: '*' never '#'
         ("resources/read:https://*.example.com/**", "https://API.Example.com/v1", True),
         ("resources/read:https://*.example.com/**", "https://api.example.com:443/v1", True),
         ("resources/read:https://*.example.com/**", "https://api.example.com:8443/v1", False),
@@ -364,7 +363,7 @@ def test_matching_rejects_non_string_targets() -> None:
         ("http://h/a/b/..", "http://h/a/"),
         ("http://h/a/b/.", "http://h/a/b/"),
         ("http://h/../../a", "http://h/a"),
-        ("http://h/a#frag", "http://h/a"),
+        ("http://h/a#frag", "http://h/a#frag"),  # the fragment reaches the server: kept
         ("http://h/a#%2F", None),
         ("file:///a/b", "file:///a/b"),
         ("file:/a/./b", "file:/a/b"),
@@ -531,7 +530,7 @@ def test_filter() -> None:
     [
         ("tools/call", "delete-file", "tools/call:delete-file"),
         ("prompts/get", "summarize", "prompts/get:summarize"),
-        ("resources/read", "FILE:///docs/./a.md#x", "resources/read:file:///docs/a.md"),
+        ("resources/read", "FILE:///docs/./a.md#x", "resources/read:file:///docs/a.md#x"),  # fragment kept
         (
             "resources/subscribe",
             "file:///docs/caf\u00e9",

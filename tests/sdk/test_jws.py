@@ -175,7 +175,8 @@ def test_rfc8037_a4_signature_is_reproduced_and_a5_verifies() -> None:
     key = _rfc8037_private()
     signing_input = f"{h64}.{p64}".encode()
     assert b64url_encode(key.key.sign(signing_input)) == s64  # A.4: Ed25519 is deterministic
-    public = PublicKey.from_jwk({"kty": "OKP", "crv": "Ed25519", "x": RFC8037_X, "kid": RFC8037_THUMBPRINT, "alg": "EdDSA"})
+    public = PublicKey.from_jwk(
+        {"kty": "OKP", "crv": "Ed25519", "x": RFC8037_X, "kid": RFC8037_THUMBPRINT, "alg": "EdDSA"})
     public.verify(b64url_decode(s64), signing_input)  # A.5: validation succeeds
     bad = bytearray(b64url_decode(s64))
     bad[0] ^= 1
@@ -186,7 +187,8 @@ def test_rfc8037_a4_signature_is_reproduced_and_a5_verifies() -> None:
 
 
 def test_rfc8037_a4_token_lacks_kid_and_typ_so_the_access_token_verifier_refuses_it() -> None:
-    public = PublicKey.from_jwk({"kty": "OKP", "crv": "Ed25519", "x": RFC8037_X, "kid": RFC8037_THUMBPRINT, "alg": "EdDSA"})
+    public = PublicKey.from_jwk(
+        {"kty": "OKP", "crv": "Ed25519", "x": RFC8037_X, "kid": RFC8037_THUMBPRINT, "alg": "EdDSA"})
     with pytest.raises(UnsupportedHeader):
         jws.verify(RFC8037_A4_JWS, {RFC8037_THUMBPRINT: public}, typ=None)
 
@@ -274,7 +276,8 @@ def test_kid_of_exactly_128_characters_is_accepted(key: PrivateKey) -> None:
     ("crit", ["exp"]), ("crit", []), ("jku", "https://evil.example/jwks"), ("x5u", "https://evil.example/cert.pem"),
     ("jwk", {"kty": "EC", "crv": "P-256", "x": "AA", "y": "AA"}), ("x5c", ["MIIB"]), ("b64", False), ("zip", "DEF"),
 ])
-def test_header_members_that_pick_keys_or_change_processing_are_refused(key: PrivateKey, member: str, value: Any) -> None:
+def test_header_members_that_pick_keys_or_change_processing_are_refused(key: PrivateKey, member: str,
+                                                                        value: Any) -> None:
     with pytest.raises(UnsupportedHeader):
         jws.verify(raw_sign(key, header_for(key, **{member: value}), CLAIMS), keys_of(key))
 
@@ -516,3 +519,24 @@ def test_from_jwk_refuses_a_point_not_on_the_curve() -> None:
     y[-1] ^= 1
     with pytest.raises(JWSError):
         PublicKey.from_jwk({**jwk, "y": b64url_encode(bytes(y))})
+
+
+def test_module_docstring_cites_the_repository_benchmark_it_exists_for() -> None:
+    """The reason for a hand-written JWS layer is a measurement in this repository: the figures
+    the docstring quotes are those of bench/results/sdk_verify.md, and nothing outside the
+    repository is cited."""
+    import re
+    from pathlib import Path
+
+    import sdk.jws
+
+    doc = sdk.jws.__doc__ or ""
+    assert "hazardous low-level layer" in doc.lower() and "sdk.access_token" in doc
+    assert "shared/notes" not in doc and "../" not in doc
+    results = (Path(__file__).resolve().parents[2] / "bench" / "results" / "sdk_verify.md").read_text()
+    assert "bench/results/sdk_verify.md" in doc
+    for section in results.split("## ")[1:]:
+        alg = section.split()[0]
+        ratios = dict(re.findall(r"^\| (sdk-core|sdk-cold|pyjwt|joserfc) \|.*\| ([0-9.]+) \|$", section, re.M))
+        row = next(line for line in doc.splitlines() if re.match(rf"{alg} +[0-9]", line))
+        assert row.split()[1:] == [f"{ratios[k]}x" for k in ("sdk-core", "sdk-cold", "pyjwt", "joserfc")], alg

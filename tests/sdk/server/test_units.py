@@ -13,13 +13,20 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from sdk.access_token import AccessToken, InvalidToken, VerifiedTokenCache, check_claims, token_hash, verify_access_token
+from sdk.access_token import (
+    AccessToken,
+    InvalidToken,
+    VerifiedTokenCache,
+    check_claims,
+    token_hash,
+    verify_access_token,
+)
 from sdk.capabilities import CapabilitySet
 from sdk.jws import PrivateKey
 from sdk.server import ProtectionConfig, ToolRateLimiter, bearer_challenge
 from sdk.server import rpc as rpcmod
 from sdk.server.issuer import cache_lifetime, metadata_urls
-from sdk.server.middleware import _ListFilter
+from sdk.server.list_filter import ListFilter
 
 ISS = "https://idp.example"
 AUD = "https://mcp.example/mcp"
@@ -158,7 +165,7 @@ async def _run_filter(chunks: list[bytes], list_ids: dict[str, str]) -> bytes:
     async def send(m: dict[str, Any]) -> None:
         sent.append(m)
 
-    f = _ListFilter(send, CAPS, list_ids, 1 << 20)
+    f = ListFilter(send, CAPS, list_ids, max_buffer=1 << 20)
     await f({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"text/event-stream")]})
     for i, c in enumerate(chunks):
         await f({"type": "http.response.body", "body": c, "more_body": i < len(chunks) - 1})
@@ -200,7 +207,7 @@ def test_unreadable_json_list_response_is_withheld() -> None:
         async def send(m: dict[str, Any]) -> None:
             sent.append(m)
 
-        f = _ListFilter(send, CAPS, {"1": "tools/list"}, 1 << 20)
+        f = ListFilter(send, CAPS, {"1": "tools/list"}, max_buffer=1 << 20)
         await f({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"application/json")]})
         await f({"type": "http.response.body", "body": b'{"tools": [', "more_body": False})
         return sent[-1]["body"]
@@ -243,3 +250,45 @@ def test_metadata_urls_and_cache_lifetime() -> None:
     assert cache_lifetime({"cache-control": "max-age=999999"}, 10, 1000) == 1000
     assert cache_lifetime({"cache-control": "no-store"}, 10, 1000) == 0
     assert cache_lifetime({}, 10, 1000) == 10
+
+
+def test_every_option_is_documented() -> None:
+    import dataclasses
+    from pathlib import Path
+
+    doc = (Path(__file__).resolve().parents[3] / "docs" / "sdk-server.md").read_text()
+    missing = [f.name for f in dataclasses.fields(ProtectionConfig) if f"`{f.name}`" not in doc]
+    assert not missing, f"docs/sdk-server.md does not document: {missing}"
+
+
+def test_the_mcp_endpoint_is_the_path_and_one_trailing_slash_nothing_else() -> None:
+    from sdk.server import MCPEndpoint, route_path
+
+    ep = MCPEndpoint("/mcp/")
+    assert ep.path == "/mcp" and ep.matches("/mcp") and ep.matches("/mcp/")
+    for other in ("//mcp", "/mcp//", "/./mcp", "/MCP", "/mcp;x", "/mcp/.", "/x/../mcp", "/mcp%2F", "", "mcp"):
+        assert not ep.matches(other), other
+    assert MCPEndpoint("/").matches("/") and not MCPEndpoint("/").matches("//")
+    assert route_path({"path": "/api/mcp", "root_path": "/api"}) == "/mcp"
+    assert ep.serves({"path": "/api/mcp/", "root_path": "/api"})
+    assert not ep.serves({"path": "/api//mcp", "root_path": "/api"})
+    config = ProtectionConfig(issuer="http://127.0.0.1:1", resource="http://127.0.0.1:2/mcp", mcp_path="/rpc")
+    assert config.is_mcp_endpoint("/rpc/") and not config.is_mcp_endpoint("/mcp")
+    with pytest.raises(ValueError):
+        MCPEndpoint("mcp")
+
+
+def test_session_pins_are_bounded_per_client_and_never_evict_another_clients_pin() -> None:
+    from sdk.server import SessionPins
+
+    pins = SessionPins(max_sessions=4, max_per_client=3)
+    alice, mallory = ("alice", "a"), ("mallory", "m")
+    pins.pin("a1", alice)
+    for i in range(50):
+        pins.pin(f"m{i}", mallory)
+    assert pins.owner("a1") == alice and len(pins) == 4  # mallory only ever evicted her own
+    assert [pins.owner(f"m{i}") for i in (46, 47, 48, 49)] == [None, mallory, mallory, mallory]
+    pins.pin("a1", mallory)  # an id keeps its first owner
+    assert pins.owner("a1") == alice
+    pins.forget("a1")
+    assert pins.owner("a1") is None and len(pins) == 3

@@ -20,9 +20,17 @@ import httpx
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from sdk_server_support import (
+    IdP,
+    MCPUnderTest,
+    RecordingApp,
+    legacy_headers,
+    modern_headers,
+    modern_meta,
+    rpc,
+)
 
 from sdk.server import ACCESS_TOKEN_SCOPE_KEY, AuditEvent, CBSTMiddleware, ProtectionConfig
-from sdk_server_support import IdP, MCPUnderTest, RecordingApp, legacy_headers, modern_headers, modern_meta, rpc
 
 RES = "http://127.0.0.1:9/mcp"
 
@@ -77,8 +85,10 @@ def test_subscribe_needs_read_capability_and_targetless_methods_need_their_own(i
     assert resp.status_code == 403 and 'scope="resources/subscribe:file:///private/x"' in resp.headers["www-authenticate"]
     resp = httpx.post(mcp_json_server.url, json=rpc("logging/setLevel", {"level": "debug"}), headers=h)
     assert resp.status_code == 403 and 'scope="logging/setLevel"' in resp.headers["www-authenticate"]
-    resp = httpx.post(mcp_json_server.url, json=rpc("completion/complete", {}), headers=h)
-    assert resp.status_code == 403
+    ref = {"type": "ref/prompt", "name": "summarize"}
+    resp = httpx.post(mcp_json_server.url, json=rpc("completion/complete", {"ref": ref, "argument": {"name": "text", "value": ""}}),
+                      headers=h)
+    assert resp.status_code == 403 and 'scope="completion/complete prompts/get:summarize"' in resp.headers["www-authenticate"]
 
 
 # --- list filtering -----------------------------------------------------------------------------------
@@ -120,7 +130,8 @@ async def test_list_without_any_capability_of_its_family_is_refused(idp: IdP) ->
     token = idp.new_token("tools/call:echo", RES)
     async with asgi(idp, RecordingApp()) as (client, _):
         resp = await client.post("/mcp", json=rpc("prompts/list"), headers=legacy_headers(token))
-        assert resp.status_code == 403 and 'scope="prompts/get:**"' in resp.headers["www-authenticate"]
+        # no scope: any prompts/get capability would do, and prompts/get:** is more than most clients may have
+        assert resp.status_code == 403 and "scope=" not in resp.headers["www-authenticate"]
 
 
 # --- batches --------------------------------------------------------------------------------------------
@@ -288,30 +299,7 @@ async def test_unknown_or_weird_methods_are_refused_not_passed(idp: IdP) -> None
     async with asgi(idp, RecordingApp()) as (client, _):
         for method in ("admin/shutdown", "tools/call ", "../tools/call", "x" * 200, "notifications/../tools/call"):
             resp = await client.post("/mcp", json=rpc(method, {"name": "echo"}), headers=legacy_headers(token))
-            assert resp.status_code == 403, method
-
-
-# --- sessions ---------------------------------------------------------------------------------------------
-
-def test_a_session_is_pinned_to_the_client_that_opened_it(idp: IdP, mcp_server: MCPUnderTest) -> None:
-    alice = idp.new_token("tools/call:echo", mcp_server.resource)
-    mallory = idp.new_token("tools/call:echo tools/call:delete-file", mcp_server.resource)
-    init = rpc("initialize", {"protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "t", "version": "1"}})
-    resp = httpx.post(mcp_server.url, json=init, headers=legacy_headers(alice))
-    assert resp.status_code == 200
-    sid = resp.headers["mcp-session-id"]
-    note = {"jsonrpc": "2.0", "method": "notifications/initialized"}
-    assert httpx.post(mcp_server.url, json=note, headers=legacy_headers(alice, sid)).status_code == 202
-    hijack = httpx.post(mcp_server.url, json=tool("echo", 2, text="x"), headers=legacy_headers(mallory, sid))
-    assert hijack.status_code == 403 and "another client" in hijack.json()["error"]["message"]
-    assert httpx.delete(mcp_server.url, headers=legacy_headers(mallory, sid)).status_code == 403
-    ok = httpx.post(mcp_server.url, json=tool("echo", 3, text="x"), headers=legacy_headers(alice, sid))
-    assert ok.status_code == 200 and '"x"' in ok.text
-    two = httpx.post(mcp_server.url, json=tool("echo", 4, text="x"),
-                     headers=[*legacy_headers(alice, sid).items(), ("Mcp-Session-Id", "other")])
-    assert two.status_code == 400
-    init_events = [e for e in mcp_server.events if e.method == "initialize" and e.session_id == sid]
-    assert init_events and init_events[0].allowed  # the audit names the session initialize opened
+            assert resp.json()["error"]["code"] == -32601, method  # method not found, not a step-up challenge
 
 
 # --- what the app gets -------------------------------------------------------------------------------------

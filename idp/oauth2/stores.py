@@ -1,0 +1,80 @@
+"""What the protocol code needs from storage: narrow interfaces, implemented over SQL in ``idp``.
+
+``idp.oauth2`` depends only on these ``typing.Protocol`` classes (it never imports SQLAlchemy);
+:class:`idp.provider.Provider` satisfies :class:`Stores` with the SQL-backed registries, one code
+path for SQLite and PostgreSQL.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Mapping
+from typing import TYPE_CHECKING, Any, Protocol
+
+from sdk.jws import PrivateKey, PublicKey
+
+from .client import ClientRecord
+
+if TYPE_CHECKING:
+    from ..config import Settings
+    from .client_auth import AuthContext
+    from .throttle import AuthThrottle
+
+
+class ClientStore(Protocol):
+    def get(self, client_id: str) -> ClientRecord | None:
+        """The client, or None (also for ids that cannot name one: NUL, lone surrogates, too long)."""
+
+
+class RevocationStore(Protocol):
+    def is_revoked(self, jti: str) -> bool: ...
+
+    def revoke(self, jti: str, *, client_id: str, expires_at: int, actor: str) -> bool:
+        """Record a revocation (with its audit record); False if it was already revoked."""
+
+
+class AssertionJtiStore(Protocol):
+    def claim(self, client_id: str, jti: str, expires_at: int) -> bool:
+        """True the first time a client's assertion ``jti`` is seen (by any process), else False."""
+
+
+class AuditLog(Protocol):
+    def record(self, event: str, actor: str, *, client_id: str | None = None, jti: str | None = None,
+               data: dict[str, Any] | None = None, ts: int | None = None) -> Awaitable[None]:
+        """Append an audit record; the awaitable completes once it is durable (group commit)."""
+
+
+class KeyStore(Protocol):
+    def signer(self, now: int | None = None) -> PrivateKey: ...
+
+    def verification_keys(self) -> Mapping[str, PublicKey]: ...
+
+
+class Stores(Protocol):
+    """Everything a handler is given: the storage behind these interfaces plus settings."""
+
+    @property
+    def settings(self) -> Settings: ...
+
+    @property
+    def clients(self) -> ClientStore: ...
+
+    @property
+    def revocations(self) -> RevocationStore: ...
+
+    @property
+    def assertion_jtis(self) -> AssertionJtiStore: ...
+
+    @property
+    def keys(self) -> KeyStore: ...
+
+    @property
+    def audit_log(self) -> AuditLog: ...
+
+    @property
+    def auth_context(self) -> AuthContext: ...
+
+    @property
+    def auth_throttle(self) -> AuthThrottle: ...
+
+    def refresh_keys_for_unknown_kid(self) -> bool:
+        """Re-read the key set once when a token names an unknown kid (rate-limited)."""
