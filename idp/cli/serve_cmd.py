@@ -17,8 +17,10 @@ _LOOPBACK = ("127.0.0.1", "localhost", "::1", "[::1]")
 
 def serve(
     host: Annotated[str | None, typer.Option("--host", help="Listen address (default IDP_HOST or 127.0.0.1).")] = None,
-    port: Annotated[int | None, typer.Option("--port", min=1, max=65535, help="Port (default IDP_PORT or 8000).")] = None,
-    workers: Annotated[int | None, typer.Option("--workers", min=1, max=64, help="Worker processes (default IDP_WORKERS or 1).")] = None,
+    port: Annotated[int | None, typer.Option("--port", min=1, max=65535,
+                                             help="Port (default IDP_PORT or 8000).")] = None,
+    workers: Annotated[int | None, typer.Option("--workers", min=1, max=64,
+                                                help="Worker processes (default IDP_WORKERS or 1).")] = None,
 ) -> None:
     """Run the identity provider."""
     import uvicorn
