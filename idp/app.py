@@ -20,7 +20,7 @@ from fastapi.responses import Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.middleware.cors import CORSMiddleware
 
-from . import __version__, clock, logs
+from . import __version__, blocking, clock, logs
 from .config import Settings
 from .oauth2 import introspection, metadata, revocation, token_endpoint
 from .oauth2.errors import InvalidRequest, OAuthError, OAuthResponse, ServerBusy
@@ -80,9 +80,7 @@ class OAuthEndpoints:
                     raise InvalidRequest("repeated Authorization, Content-Type, Content-Length or DPoP header field")
             body = await self._read_body(headers.get("content-length"), receive)
             request = self._request(scope, headers, parse_form(headers.get("content-type"), body))
-            result = handler(self._provider(), request)
-            if asyncio.iscoroutine(result):
-                result = await result
+            result = await blocking.call(self._provider().settings.database_timeout, handler, self._provider(), request)
         except OAuthError as exc:
             result = exc.response()
         except Exception:  # a database outage must not leak a traceback
@@ -176,7 +174,14 @@ def create_app(settings: Settings | None = None, provider: Provider | None = Non
 
     @app.get("/jwks", tags=["discovery"])
     async def jwks(request: Request) -> Response:
-        body, etag = prov().keys.jwks()
+        keys = prov().keys
+        try:
+            body, etag = await blocking.call(settings.database_timeout, keys.jwks)
+        except blocking.DatabaseUnavailable:
+            held = keys.held_jwks()  # keys are public and outlive their tokens: serve what we have
+            if held is None:
+                raise
+            body, etag = held
         headers = {"Cache-Control": f"public, max-age={settings.jwks_max_age}", "ETag": etag}
         if _etag_matches(request.headers.get("if-none-match"), etag):
             return Response(status_code=304, headers=headers)
@@ -186,7 +191,8 @@ def create_app(settings: Settings | None = None, provider: Provider | None = Non
     async def revoked() -> Response:
         """Revoked, unexpired jtis (a jti grants nothing by itself, so the list is public)."""
         now = clock.now()
-        body = {"issuer": settings.issuer, "generated_at": now, "revoked": prov().revocations.active(now)}
+        active = await blocking.call(settings.database_timeout, prov().revocations.active, now)
+        body = {"issuer": settings.issuer, "generated_at": now, "revoked": active}
         return _json(200, body, {"Cache-Control": f"public, max-age={REVOCATION_LIST_MAX_AGE}"})
 
     async def post_only(request: Request) -> Response:  # never reached: OAuthEndpoints answers POST
@@ -204,6 +210,11 @@ def create_app(settings: Settings | None = None, provider: Provider | None = Non
     async def http_error(request: Request, exc: StarletteHTTPException) -> Response:
         code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "invalid_request")
         return _json(exc.status_code, {"error": code, "error_description": str(exc.detail)}, getattr(exc, "headers", None))
+
+    @app.exception_handler(OAuthError)
+    async def oauth_error(request: Request, exc: OAuthError) -> Response:  # a database outage: 503
+        result = exc.response()
+        return _json(result.status, result.body, result.headers)
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(request: Request, exc: RequestValidationError) -> Response:
@@ -247,6 +258,10 @@ async def _maintenance_loop(provider: Provider) -> None:
 
 def app_from_env() -> Any:
     """Uvicorn factory for ``idp serve`` (each worker builds its app from the environment)."""
+    from . import serving
+
+    serving.exit_with_supervisor()
     settings = Settings()
     logs.configure(settings.log_level, settings.log_json)
+    serving.configure(settings.request_read_timeout, settings.client_connections)
     return create_app(settings)

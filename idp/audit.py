@@ -5,8 +5,8 @@ committed before the action it describes is reported as done (the token response
 record), so an issued token always has a durable audit record.
 
 Group commit: on the server, issuance records from concurrent requests that reach the audit
-step in the same event-loop iteration are written in one transaction (one fsync), which keeps
-durability without paying one commit per request under load.
+step while a commit is in flight are written together in the next transaction (one fsync),
+which keeps durability without paying one commit per request under load.
 """
 
 from __future__ import annotations
@@ -14,10 +14,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import fcntl
-import os
 import json
 import logging
+import os
+import threading
 from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -82,14 +84,25 @@ def transaction(engine: Engine) -> Iterator[Transaction]:
     _emit(tx._rows)
 
 
+#: Threads for the batches no request leads. Not the request threads of ``idp.blocking``: those
+#: may all be waiting for exactly these commits (a shared pool deadlocks under load). Each
+#: committer has at most one batch in flight, so a few threads serve every committer of a process.
+_COMMIT_THREADS = ThreadPoolExecutor(max_workers=4, thread_name_prefix="idp-audit")
+
+
 class GroupCommitter:
     """Group commit of issuance records: one transaction (one fsync) per batch, one batch in flight.
 
-    Requests append their record and wait. While a batch is being committed — in a worker thread,
-    so the event loop keeps parsing and signing other requests during the fsync — new records
-    gather into the next batch. Under load a batch holds every request that arrived during the
-    previous commit; at concurrency 1 it is one record, committed at once and inline (a thread
-    hand-off costs about as much as an fsync on an idle disk).
+    Requests append their record and wait. The first to find no batch in flight commits the
+    pending records itself; records that arrive meanwhile gather into the next batch, which a
+    worker thread commits as soon as the current one is done. Under load a batch holds every
+    request that arrived during the previous commit; at concurrency 1 it is one record,
+    committed at once by its own request.
+
+    No commit ever runs on the server's event loop: a request handler runs in a worker thread of
+    ``idp.blocking`` (on that thread's own loop), where the leader commits inline; anywhere else,
+    and for the batches that gather meanwhile, the committer's own thread commits. Waiters on any
+    loop are woken thread-safely.
 
     SQLite allows one writer per database file. Its busy handler backs off in sleeps of 1 ms up to
     100 ms, which put the p99 of two contending worker processes in the hundreds of ms (token
@@ -103,46 +116,57 @@ class GroupCommitter:
         self._lock_path = _writer_lock_path(engine)
         self._lock_fd: int | None = None
         self._conn: Any = None  # one DB-API connection of its own: one batch is in flight at a time
-        self._pending: list[tuple[dict[str, Any], asyncio.Future[None]]] = []
+        self._mutex = threading.Lock()
+        self._pending: list[tuple[dict[str, Any], asyncio.AbstractEventLoop, asyncio.Future[None]]] = []
         self._flushing = False
 
     async def record(self, rec: Record) -> None:
+        from . import blocking
+
         loop = asyncio.get_running_loop()
         done: asyncio.Future[None] = loop.create_future()
-        self._pending.append((rec.row(), done))
-        if not self._flushing:
-            self._flushing = True
-            # After the callbacks already queued for this loop turn, so their records join.
-            loop.call_soon(self._flush_next, loop)
+        with self._mutex:
+            self._pending.append((rec.row(), loop, done))
+            lead, self._flushing = not self._flushing, True
+        if lead:
+            if blocking.in_worker():
+                self._commit_next(hand_off=True)  # this thread serves only this request: block it
+            else:
+                _COMMIT_THREADS.submit(self._commit_next, hand_off=False)
         await done
 
-    def _flush_next(self, loop: asyncio.AbstractEventLoop) -> None:
-        if not self._pending:
-            self._flushing = False
-            return
-        batch, self._pending = self._pending, []
-        if len(batch) == 1:
+    def _commit_next(self, *, hand_off: bool) -> None:
+        """Commit pending batches; with ``hand_off``, only the first, handing later ones to the
+        committer thread (so the leading request is answered after its own batch, not everyone's)."""
+        while True:
+            with self._mutex:
+                batch, self._pending = self._pending, []
+                if not batch:
+                    self._flushing = False
+                    return
             try:
-                self._write([batch[0][0]])
+                self._write([row for row, _, _ in batch])
             except Exception as exc:  # noqa: BLE001
                 self._settle(batch, exc)
             else:
                 self._settle(batch, None)
-            loop.call_soon(self._flush_next, loop)
-            return
-        task = loop.run_in_executor(None, self._write, [row for row, _ in batch])
-        task.add_done_callback(lambda f: (self._settle(batch, f.exception()), self._flush_next(loop)))
+            if hand_off:
+                with self._mutex:
+                    if not self._pending:
+                        self._flushing = False
+                        return
+                _COMMIT_THREADS.submit(self._commit_next, hand_off=False)
+                return
 
-    def _settle(self, batch: list[tuple[dict[str, Any], asyncio.Future[None]]], exc: BaseException | None) -> None:
-        for _, done in batch:
-            if done.done():  # the waiter was cancelled (client went away); its record stands
-                continue
-            if exc is None:
-                done.set_result(None)
-            else:
-                done.set_exception(exc)
+    def _settle(self, batch: list[tuple[dict[str, Any], asyncio.AbstractEventLoop, asyncio.Future[None]]],
+                exc: BaseException | None) -> None:
+        for _, loop, done in batch:
+            try:
+                loop.call_soon_threadsafe(_resolve, done, exc)
+            except RuntimeError:  # that loop is closed: nobody waits any more
+                pass
         if exc is None:
-            _emit([row for row, _ in batch])
+            _emit([row for row, _, _ in batch])
 
     def _write(self, rows: list[dict[str, Any]]) -> None:
         if self._conn is None:
@@ -165,6 +189,15 @@ class GroupCommitter:
             except Exception:  # noqa: BLE001
                 pass
             raise
+
+
+def _resolve(done: asyncio.Future[None], exc: BaseException | None) -> None:
+    if done.done():  # the waiter was cancelled (client went away); its record stands
+        return
+    if exc is None:
+        done.set_result(None)
+    else:
+        done.set_exception(exc)
 
 
 def _writer_lock_path(engine: Engine) -> str | None:

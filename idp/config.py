@@ -24,7 +24,10 @@ SigningAlg = Literal["ES256", "EdDSA"]
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="IDP_", extra="forbid", validate_default=True)
 
-    issuer: str = Field("http://127.0.0.1:8000", description="Issuer identifier (RFC 8414 §2); no trailing slash.")
+    issuer: str = Field(
+        "http://127.0.0.1:8000",
+        description="Issuer identifier (RFC 8414 §2); no trailing slash. Default: http://127.0.0.1:<port>.",
+    )
     database_url: str = Field("sqlite:///idp.db", description="SQLAlchemy URL: sqlite:///PATH or postgresql://...")
     keys_dir: Path = Field(Path("keys"), description="Keystore directory (generated key-encryption key lives here).")
     keystore_passphrase: SecretStr | None = Field(None, description="Passphrase that encrypts signing keys (scrypt).")
@@ -61,6 +64,16 @@ class Settings(BaseSettings):
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=1, le=65535)
     workers: int = Field(1, ge=1, le=64)
+    # --- fault tolerance (docs/operations.md#when-the-database-hangs) ---
+    database_timeout: float = Field(
+        5.0, ge=0.1, le=300, description="Longest a request waits for the database before answering 503, seconds."
+    )
+    request_read_timeout: float = Field(
+        10.0, ge=0.5, le=300, description="Time a client has to send a whole request (headers and body), seconds."
+    )
+    client_connections: int = Field(
+        64, ge=0, description="Open connections per client address and worker process; 0 = no limit."
+    )
 
     @field_validator("issuer")
     @classmethod
@@ -78,6 +91,17 @@ class Settings(BaseSettings):
             raise ValueError("issuer must be an origin without a path (https://idp.example.com); "
                              "serve the IdP at the root of its own host name")
         return value
+
+    @model_validator(mode="before")
+    @classmethod
+    def _default_issuer(cls, data: Any) -> Any:
+        # Unless set, the issuer is where `idp serve` listens: changing only the port must not
+        # leave the issuer (and so every resource server) pointing at port 8000.
+        if isinstance(data, dict) and data.get("issuer") is None:
+            port = data.get("port", 8000)
+            if isinstance(port, int) or (isinstance(port, str) and port.strip().isdigit()):
+                data = {**data, "issuer": f"http://127.0.0.1:{int(port)}"}
+        return data
 
     @model_validator(mode="after")
     def _derived(self) -> Settings:

@@ -6,6 +6,7 @@ The schema is created and upgraded only by the Alembic migrations in ``migration
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from pathlib import Path
 
 from sqlalchemy import Engine, create_engine, event
@@ -71,7 +72,29 @@ def create_db_engine(url: str, *, sqlite_synchronous: str = "FULL") -> Engine:
             cur.close()
 
         return engine
-    return create_engine(url, pool_size=10, max_overflow=20, pool_pre_ping=True)
+    return create_engine(url, pool_size=10, max_overflow=20, pool_pre_ping=True, pool_timeout=POOL_TIMEOUT,
+                         connect_args=_postgres_connect_args(make_url(url).query))
+
+
+#: Backstops that free a thread stuck on PostgreSQL (requests stop waiting for it much earlier,
+#: after ``database_timeout``; see idp.blocking). A paused server or a partition still ACKs TCP,
+#: so only these bound the wait: libpq's connect timeout; server-side statement and lock
+#: timeouts; TCP keepalives and TCP_USER_TIMEOUT for a peer that vanished. Libpq parameters in
+#: the URL (``?connect_timeout=10&options=...``) take precedence.
+CONNECT_TIMEOUT = 5
+POOL_TIMEOUT = 10.0
+STATEMENT_TIMEOUT_MS = 30_000
+LOCK_TIMEOUT_MS = 10_000
+
+
+def _postgres_connect_args(query: Mapping[str, object]) -> dict[str, object]:
+    args: dict[str, object] = {
+        "connect_timeout": CONNECT_TIMEOUT,
+        "keepalives": 1, "keepalives_idle": 10, "keepalives_interval": 5, "keepalives_count": 3,
+        "tcp_user_timeout": 30_000,
+        "options": f"-c statement_timeout={STATEMENT_TIMEOUT_MS} -c lock_timeout={LOCK_TIMEOUT_MS}",
+    }
+    return {k: v for k, v in args.items() if k not in query}
 
 
 def alembic_config(engine: Engine):  # type: ignore[no-untyped-def]
@@ -89,6 +112,9 @@ def upgrade(engine: Engine, revision: str = "head") -> None:
 
     with engine.begin() as conn:
         if conn.dialect.name == "postgresql":
+            # A migration may outlast the request-sized statement timeout (and wait for another).
+            conn.exec_driver_sql("SET LOCAL statement_timeout = 0")
+            conn.exec_driver_sql("SET LOCAL lock_timeout = 0")
             # One migrator at a time when several IdP processes start together.
             conn.exec_driver_sql("SELECT pg_advisory_xact_lock(4242017)")
         elif conn.dialect.name == "sqlite":

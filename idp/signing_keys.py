@@ -78,9 +78,20 @@ class KeyRing:
     # --- reading ------------------------------------------------------------------------------
 
     def refresh(self, *, force: bool = False) -> None:
+        """Re-read the keys when the refresh interval has passed (or now, with ``force``).
+
+        While another thread is reading, a caller that already holds keys goes on with them
+        instead of queueing behind it: with a hung database only that one thread hangs. A forced
+        read waits for the other one at most ``database_timeout`` (then raises TimeoutError).
+        """
         if not force and time.monotonic() - self._loaded_at < self._settings.key_refresh_interval:
             return
-        with self._lock:
+        waits = force or not self._infos
+        if not (self._lock.acquire(timeout=self._settings.database_timeout) if waits else self._lock.acquire(blocking=False)):
+            if waits:
+                raise TimeoutError("another thread reading the key set does not finish")
+            return
+        try:
             if not force and time.monotonic() - self._loaded_at < self._settings.key_refresh_interval:
                 return
             with self._engine.connect() as conn:
@@ -99,6 +110,8 @@ class KeyRing:
             self._public = {k: v.public for k, v in private.items()}
             self._jwks_cache = None
             self._loaded_at = time.monotonic()
+        finally:
+            self._lock.release()
 
     def signer(self, now: int | None = None) -> PrivateKey:
         self.refresh()
@@ -118,8 +131,22 @@ class KeyRing:
         return self._public
 
     def jwks(self) -> tuple[bytes, str]:
-        """The JWKS document (bytes) and its ETag; cached until the key set changes."""
-        self.refresh()
+        """The JWKS document (bytes) and its ETag, read from the database on every call.
+
+        Every process must publish a key as soon as any process signs with it: after
+        ``idp keys rotate --now`` the processes start signing with the new key up to
+        ``key_refresh_interval`` apart, and a verifier that meets the new kid refetches the JWKS
+        from whichever process its request reaches. The key is in the database before anyone
+        signs with it, so a fresh read always has it. (JWKS requests are rare: verifiers cache it.)
+        """
+        self.refresh(force=True)
+        return self.held_jwks() or (b'{"keys":[]}', '"empty"')
+
+    def held_jwks(self) -> tuple[bytes, str] | None:
+        """The JWKS of the keys this process already holds, without touching the database (for
+        when it is unavailable); None before the first successful read."""
+        if not self._infos:
+            return None
         if self._jwks_cache is None:
             body = json.dumps({"keys": [i.public_jwk for i in self._infos]}, separators=(",", ":")).encode()
             self._jwks_cache = (body, '"' + hashlib.sha256(body).hexdigest()[:32] + '"')

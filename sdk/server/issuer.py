@@ -7,7 +7,8 @@ extension ``cbst_revocation_list_uri``).
   ``issuer`` must equal the configured issuer byte for byte (RFC 8414 §3.3).
 * The JWKS is cached for its ``Cache-Control: max-age`` (bounded; a default when absent),
   revalidated with ``If-None-Match``. A token naming an unknown ``kid`` triggers one refetch,
-  at most once per ``jwks_min_refetch_interval`` however many such tokens arrive, so forged
+  at most once per ``jwks_min_refetch_interval`` (counted from the last such refetch, whatever
+  other fetches happened since) however many such tokens arrive, so forged
   kids cannot make the server hammer the IdP. When the IdP is unreachable a stale JWKS keeps
   being used (keys are public; a key is retired only after its tokens expired).
 * The revocation list is refetched every ``revocation_poll_interval`` seconds (a request that
@@ -101,6 +102,7 @@ class IssuerClient:
         self._jwks_etag: str | None = None
         self._jwks_expires = float("-inf")
         self._jwks_fetched_at = float("-inf")
+        self._unknown_kid_fetched_at = float("-inf")
         self._revoked: frozenset[str] = frozenset()
         self._revoked_fresh_until = float("-inf")
         self._revoked_ok_at: float | None = None
@@ -208,15 +210,21 @@ class IssuerClient:
         return self._keys
 
     async def refetch_for_unknown_kid(self) -> bool:
-        """Refetch the JWKS once because a token named an unknown kid; False when throttled."""
+        """Refetch the JWKS once because a token named an unknown kid; False when throttled.
+
+        The limit counts from the last refetch *for an unknown kid*, not from any fetch: a JWKS
+        fetched (on expiry, or first use) a moment before ``idp keys rotate --now`` cannot hold
+        the new key, and must not delay the refetch that brings it.
+        """
         fetched_at = self._jwks_fetched_at
         async with self._lock_jwks:
             if self._jwks_fetched_at != fetched_at:
                 return True  # someone else refetched while we waited: retry with that
-            if self._clock() - self._jwks_fetched_at < self._min_refetch:
+            if self._clock() - self._unknown_kid_fetched_at < self._min_refetch:
                 self.stats["unknown_kid_throttled"] += 1
                 return False
             self.stats["unknown_kid_refetches"] += 1
+            self._unknown_kid_fetched_at = self._clock()
             await self._refresh_jwks_locked()
             return True
 

@@ -286,7 +286,7 @@ def test_human_output_shows_stored_values_literally(tmp_path: Path) -> None:
     assert "[/]keys" in config
     import socket
 
-    with socket.socket() as busy:  # serve prints its banner, then cannot bind: no server left running
+    with socket.socket() as busy:  # serve prints its notes, then cannot bind: one error line, no server left
         busy.bind(("127.0.0.1", 0))
         busy.listen()
         res = run_cli("serve", "--port", str(busy.getsockname()[1]),

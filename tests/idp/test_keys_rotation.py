@@ -343,3 +343,26 @@ def test_the_servers_own_maintenance_loop_rotates_on_schedule(settings: Settings
             assert len(prov.keys.list()) == 2
     finally:
         prov.close()
+
+
+def test_after_rotate_now_every_process_publishes_the_key_another_already_signs_with(settings: Settings) -> None:
+    """Two IdP processes on one database (default key_refresh_interval, 5 s): B served its JWKS
+    just before ``keys rotate --now``, A signs with the new key at once. A verifier that meets the
+    new kid refetches the JWKS from whichever process it reaches: B must publish the key already."""
+    from starlette.testclient import TestClient
+
+    a, b, cli = Provider.open(settings), Provider.open(settings), Provider.open(settings)
+    client, secret = register(a)
+    try:
+        with TestClient(create_app(provider=a, maintenance=False), base_url=ISSUER) as http_a, \
+                TestClient(create_app(provider=b, maintenance=False), base_url=ISSUER) as http_b:
+            assert http_b.get("/jwks").status_code == 200  # B holds the key set now
+            new = cli.keys.rotate(actor="cli", immediate=True)  # what `idp keys rotate --now` does
+            resp = http_a.post("/token", data={"grant_type": "client_credentials"}, auth=(client.client_id, secret))
+            token = resp.json()["access_token"]
+            assert kid_of(token) == new.kid  # A signs with it at once (it had no key set cached)
+            joserfc_verify(token, http_b.get("/jwks").json())
+            assert http_b.post("/introspect", data={"token": token}, auth=(client.client_id, secret)).json()["active"]
+    finally:
+        for p in (a, b, cli):
+            p.close()

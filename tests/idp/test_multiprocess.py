@@ -172,7 +172,7 @@ def test_first_start_in_an_empty_directory_creates_database_and_keystore_and_ser
         token = get_token(base, (info["client_id"], info["client_secret"]))
         claims = verify(token, jwks_of(base))
         assert claims["aud"] == AUDIENCE and claims["client_id"] == info["client_id"]
-        assert claims["iss"] == "http://127.0.0.1:8000"  # the default issuer
+        assert claims["iss"] == f"http://127.0.0.1:{port}"  # the default issuer: where it listens
         # The server wrote the issuance's audit record as a JSON line on stderr.
         deadline = time.monotonic() + 10
         while True:

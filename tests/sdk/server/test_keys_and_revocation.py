@@ -4,6 +4,7 @@ interval), and failure modes when the IdP is unreachable (503, fail closed; neve
 
 from __future__ import annotations
 
+import json
 import secrets
 import time
 
@@ -169,3 +170,44 @@ def test_issuer_metadata_with_another_issuer_is_refused(idp: IdP) -> None:
         await good.aclose()
 
     anyio.run(main)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("workers", [1, 2])
+def test_no_valid_token_is_refused_after_keys_rotate_now(tmp_path_factory: pytest.TempPathFactory, workers: int) -> None:
+    """``idp keys rotate --now`` as documented, on an IdP whose workers pick the new key up up to
+    ``key_refresh_interval`` (5 s) apart, and a resource server with the default 10 s refetch
+    limit that fetched the JWKS just before: every token the IdP issues is accepted."""
+    from idp.config import Settings
+    from idp.provider import Provider
+
+    from idp_testing import run_cli
+
+    d = tmp_path_factory.mktemp("idp-rotate")
+    port = free_port()
+    settings = Settings(issuer=f"http://127.0.0.1:{port}", database_url=f"sqlite:///{d / 'idp.db'}",
+                        keys_dir=d / "keys", keystore_kek=random_kek(), log_json=True)
+    provider = Provider.open(settings)
+    env = env_for(settings)
+    proc = ServerProcess(env, port, workers=workers)
+    other = IdP(proc.url, settings, provider, proc)
+    try:
+        with protected_example(other, stateless=True, json_response=True, tool_rate=None) as srv:
+            client = other.client("tools/call:echo", srv.resource)
+            old = other.token(client, resource=srv.resource)
+            assert call(srv, old).status_code == 200  # the JWKS is fetched (and cached) now
+            rotated = run_cli("keys", "rotate", "--now", "--json", env=env)
+            assert rotated.returncode == 0, rotated.stderr
+            new_kid = json.loads(rotated.stdout)["kid"]
+            kids = []
+            deadline = time.monotonic() + 8  # past key_refresh_interval: every worker signs with it
+            while time.monotonic() < deadline:
+                token = other.token(client, resource=srv.resource)
+                kids.append(sign_kid(token))
+                resp = call(srv, token)
+                assert resp.status_code == 200, (sign_kid(token) == new_kid, resp.text)
+                time.sleep(0.1)
+            assert kids[-1] == new_kid and new_kid in kids
+    finally:
+        proc.stop()
+        provider.engine.dispose()

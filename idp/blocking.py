@@ -1,0 +1,120 @@
+"""Database work off the event loop, with a bounded wait.
+
+Every call that may touch the database runs in a worker thread; the event loop only waits for
+it, at most ``database_timeout`` seconds. A hung database (a paused server or a partition still
+ACKs TCP, so no socket timeout fires) then costs a 503 with ``Retry-After`` instead of stalling
+every endpoint, ``/healthz`` included. Work still queued when its wait ends is cancelled — a
+client that was told 503 is not served behind its back later; work already running finishes or
+fails on its own, bounded by the engine's timeouts once the database answers (``idp.db``).
+
+A coroutine (the token endpoint's) runs on an event loop of the worker thread's own, so
+its blocking calls block only that thread; ``audit.GroupCommitter`` batches across those loops.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import logging
+import math
+import sqlite3
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, TypeVar
+
+from sqlalchemy import exc as sa_exc
+
+from .oauth2.errors import ServerBusy
+
+log = logging.getLogger("cbst.idp")
+T = TypeVar("T")
+
+#: Threads for database work. Enough for the token endpoint's concurrency (each request holds one
+#: thread for its client read, signing and audit commit); a hung database can tie them all up,
+#: and then further requests wait in the queue until their bound — still a prompt 503.
+THREADS = 32
+_executor = ThreadPoolExecutor(max_workers=THREADS, thread_name_prefix="idp-db")
+_local = threading.local()
+
+
+def _unavailable_errors() -> tuple[type[BaseException], ...]:
+    errors: list[type[BaseException]] = [
+        sa_exc.OperationalError, sa_exc.InterfaceError, sa_exc.TimeoutError,  # TimeoutError: pool exhausted
+        sqlite3.OperationalError, sqlite3.InterfaceError,  # raw DB-API connections (idp.sql)
+    ]
+    try:
+        import psycopg
+
+        errors += [psycopg.OperationalError, psycopg.InterfaceError]
+    except ImportError:  # pragma: no cover - PostgreSQL support not installed
+        pass
+    return tuple(errors)
+
+
+#: Errors that mean "the database cannot answer now" (connection lost or refused, statement or
+#: lock timeout, SQLite busy): a 503 to retry, not a bug worth a traceback.
+UNAVAILABLE = _unavailable_errors()
+
+
+class DatabaseUnavailable(ServerBusy):
+    """The database did not answer in time or is unreachable: 503, retry after a moment."""
+
+    def __init__(self, retry_after: float) -> None:
+        super().__init__("the database is unavailable; retry later",
+                         headers={"Retry-After": str(max(1, math.ceil(retry_after)))})
+
+
+def in_worker() -> bool:
+    """True in a worker thread of this module (where blocking on the database is fine)."""
+    return getattr(_local, "worker", False)
+
+
+def executor() -> ThreadPoolExecutor:
+    return _executor
+
+
+def _run(fn: Callable[..., Any], args: tuple[Any, ...]) -> Any:
+    _local.worker = True
+    result = fn(*args)
+    if not inspect.iscoroutine(result):  # a coroutine function, or a function returning one
+        return result
+    loop: asyncio.AbstractEventLoop | None = getattr(_local, "loop", None)
+    if loop is None:  # one loop per thread, reused: creating one costs more than the request
+        loop = _local.loop = asyncio.new_event_loop()
+    return loop.run_until_complete(result)
+
+
+async def call(timeout: float, fn: Callable[..., T], *args: Any) -> T:
+    """``fn(*args)`` (awaited if it returns a coroutine) in a worker thread, waiting at most
+    ``timeout`` seconds; :class:`DatabaseUnavailable` when that passes or the database fails."""
+    future = asyncio.get_running_loop().run_in_executor(_executor, _run, fn, args)
+    try:
+        async with asyncio.timeout(timeout):  # on timeout: cancelled if not started yet
+            result: T = await future
+    except TimeoutError:
+        _report(fn, f"the database did not answer within {timeout:g} s")
+        raise DatabaseUnavailable(timeout) from None
+    except UNAVAILABLE as exc:
+        _report(fn, f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"[:300])
+        raise DatabaseUnavailable(timeout) from None
+    return result
+
+
+#: One warning per interval, with the count of those it stands for: an outage under load must
+#: not turn every request into a log line.
+LOG_INTERVAL = 5.0
+_last_logged = float("-inf")
+_suppressed = 0
+
+
+def _report(fn: Callable[..., Any], reason: str) -> None:
+    global _last_logged, _suppressed
+    now = time.monotonic()
+    if now - _last_logged < LOG_INTERVAL:
+        _suppressed += 1
+        return
+    fields = {"operation": getattr(fn, "__qualname__", repr(fn)), "reason": reason, "suppressed": _suppressed}
+    _last_logged, _suppressed = now, 0
+    log.warning("database unavailable: answering 503", extra={"fields": fields})
