@@ -121,6 +121,9 @@ def _ours_env() -> dict[str, str]:
         "IDP_KEYS_DIR": "{tmpdir}/keys",
         "IDP_KEYSTORE_PASSPHRASE": "bench-passphrase",
         "IDP_LOG_LEVEL": "warning",
+        # One load generator on one address stands for many clients (as a reverse proxy would):
+        # the per-address connection cap (docs/operations.md) would refuse c=64 on one worker.
+        "IDP_CLIENT_CONNECTIONS": "0",
     }
 
 

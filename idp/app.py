@@ -50,8 +50,9 @@ class OAuthEndpoints:
     """``POST /token``, ``/introspect`` and ``/revoke`` as bare ASGI, in front of the FastAPI app.
 
     Why not FastAPI routes: its routing, dependency and middleware layers cost ~165 µs per request
-    (shared/notes/baselines.md), more than signing a token; these endpoints parse their own form
-    bodies anyway. Everything else (metadata, JWKS, CORS preflight, 404s) falls through to FastAPI.
+    (measured on the 2-core machine the benchmarks run on), more than signing a token; these
+    endpoints parse their own form bodies anyway. Everything else (metadata, JWKS, CORS preflight,
+    404s) falls through to FastAPI.
     The ASGI scope is read here only: handlers get one :class:`~idp.oauth2.request.OAuthRequest`.
     """
 
@@ -209,7 +210,8 @@ def create_app(settings: Settings | None = None, provider: Provider | None = Non
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> Response:
         code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "invalid_request")
-        return _json(exc.status_code, {"error": code, "error_description": str(exc.detail)}, getattr(exc, "headers", None))
+        body = {"error": code, "error_description": str(exc.detail)}
+        return _json(exc.status_code, body, getattr(exc, "headers", None))
 
     @app.exception_handler(OAuthError)
     async def oauth_error(request: Request, exc: OAuthError) -> Response:  # a database outage: 503
@@ -252,7 +254,7 @@ async def _maintenance_loop(provider: Provider) -> None:
             events = await asyncio.to_thread(provider.maintain)
             for event in events:
                 log.info("maintenance", extra={"fields": {"event": event}})
-        except Exception:  # noqa: BLE001 - keep maintaining after a transient failure
+        except Exception:
             log.exception("maintenance failed")
 
 

@@ -112,7 +112,8 @@ class GroupCommitter:
 
     def __init__(self, engine: Engine) -> None:
         self._engine = engine
-        self._insert = Prepared(engine, insert(_table), column_keys=["ts", "event", "actor", "client_id", "jti", "data"])
+        columns = ["ts", "event", "actor", "client_id", "jti", "data"]
+        self._insert = Prepared(engine, insert(_table), column_keys=columns)
         self._lock_path = _writer_lock_path(engine)
         self._lock_fd: int | None = None
         self._conn: Any = None  # one DB-API connection of its own: one batch is in flight at a time
@@ -146,7 +147,7 @@ class GroupCommitter:
                     return
             try:
                 self._write([row for row, _, _ in batch])
-            except Exception as exc:  # noqa: BLE001
+            except Exception as exc:
                 self._settle(batch, exc)
             else:
                 self._settle(batch, None)
@@ -161,10 +162,8 @@ class GroupCommitter:
     def _settle(self, batch: list[tuple[dict[str, Any], asyncio.AbstractEventLoop, asyncio.Future[None]]],
                 exc: BaseException | None) -> None:
         for _, loop, done in batch:
-            try:
+            with contextlib.suppress(RuntimeError):  # that loop is closed: nobody waits any more
                 loop.call_soon_threadsafe(_resolve, done, exc)
-            except RuntimeError:  # that loop is closed: nobody waits any more
-                pass
         if exc is None:
             _emit([row for row, _, _ in batch])
 
@@ -184,10 +183,8 @@ class GroupCommitter:
                 fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
         except Exception:
             conn, self._conn = self._conn, None  # a broken connection is replaced on the next batch
-            try:
+            with contextlib.suppress(Exception):
                 conn.invalidate()
-            except Exception:  # noqa: BLE001
-                pass
             raise
 
 
@@ -233,7 +230,8 @@ def by_ids(engine: Engine, ids: Sequence[int]) -> list[dict[str, Any]]:
     if not ids:
         return []
     with engine.connect() as conn:
-        rows = [dict(r._mapping) for r in conn.execute(select(_table).where(_table.c.id.in_(list(ids))).order_by(_table.c.id))]
+        query = select(_table).where(_table.c.id.in_(list(ids))).order_by(_table.c.id)
+        rows = [dict(r._mapping) for r in conn.execute(query)]
     for row in rows:
         row["data"] = json.loads(row["data"])
     return rows

@@ -7,8 +7,10 @@ every endpoint, ``/healthz`` included. Work still queued when its wait ends is c
 client that was told 503 is not served behind its back later; work already running finishes or
 fails on its own, bounded by the engine's timeouts once the database answers (``idp.db``).
 
-A coroutine (the token endpoint's) runs on an event loop of the worker thread's own, so
-its blocking calls block only that thread; ``audit.GroupCommitter`` batches across those loops.
+When ``fn`` returns an awaitable (the token endpoint's wait for its audit record), it is awaited
+back on the server's loop: the database part of it runs on ``audit.GroupCommitter``'s threads.
+(Running it on a loop of the worker thread's own instead cost ~40% of the token endpoint's
+throughput at c=64: bench/results/token_endpoint.md.)
 """
 
 from __future__ import annotations
@@ -20,9 +22,9 @@ import math
 import sqlite3
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 from sqlalchemy import exc as sa_exc
 
@@ -77,29 +79,25 @@ def executor() -> ThreadPoolExecutor:
 
 def _run(fn: Callable[..., Any], args: tuple[Any, ...]) -> Any:
     _local.worker = True
-    result = fn(*args)
-    if not inspect.iscoroutine(result):  # a coroutine function, or a function returning one
-        return result
-    loop: asyncio.AbstractEventLoop | None = getattr(_local, "loop", None)
-    if loop is None:  # one loop per thread, reused: creating one costs more than the request
-        loop = _local.loop = asyncio.new_event_loop()
-    return loop.run_until_complete(result)
+    return fn(*args)
 
 
-async def call(timeout: float, fn: Callable[..., T], *args: Any) -> T:
+async def call(timeout: float, fn: Callable[..., T | Awaitable[T]], *args: Any) -> T:
     """``fn(*args)`` (awaited if it returns a coroutine) in a worker thread, waiting at most
     ``timeout`` seconds; :class:`DatabaseUnavailable` when that passes or the database fails."""
     future = asyncio.get_running_loop().run_in_executor(_executor, _run, fn, args)
     try:
         async with asyncio.timeout(timeout):  # on timeout: cancelled if not started yet
-            result: T = await future
+            result = await future
+            if inspect.isawaitable(result):  # e.g. the token endpoint's wait for its audit commit
+                result = await result
     except TimeoutError:
         _report(fn, f"the database did not answer within {timeout:g} s")
         raise DatabaseUnavailable(timeout) from None
     except UNAVAILABLE as exc:
         _report(fn, f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"[:300])
         raise DatabaseUnavailable(timeout) from None
-    return result
+    return cast(T, result)  # T, or the T its awaitable gave
 
 
 #: One warning per interval, with the count of those it stands for: an outage under load must

@@ -31,7 +31,8 @@ class Settings(BaseSettings):
     database_url: str = Field("sqlite:///idp.db", description="SQLAlchemy URL: sqlite:///PATH or postgresql://...")
     keys_dir: Path = Field(Path("keys"), description="Keystore directory (generated key-encryption key lives here).")
     keystore_passphrase: SecretStr | None = Field(None, description="Passphrase that encrypts signing keys (scrypt).")
-    keystore_kek: SecretStr | None = Field(None, description="Base64url 32-byte key-encryption key (instead of a passphrase).")
+    keystore_kek: SecretStr | None = Field(
+        None, description="Base64url 32-byte key-encryption key (instead of a passphrase).")
     signing_alg: SigningAlg = Field("ES256", description="Algorithm of newly created signing keys.")
     access_token_ttl: int = Field(300, ge=30, le=86400, description="Access token lifetime, seconds.")
     clock_skew: int = Field(60, ge=0, le=600, description="Allowed clock skew, seconds.")
@@ -152,7 +153,7 @@ def mask_url(url: str) -> str:
 
     try:
         return make_url(url).render_as_string(hide_password=True)
-    except Exception:  # noqa: BLE001 - an unparsable URL is shown as is minus credentials
+    except Exception:
         return url.split("@")[-1]
 
 

@@ -1,7 +1,7 @@
 """Database tables (SQLModel). Times are integer Unix seconds, portable across SQLite and PostgreSQL.
 
 The schema itself is owned by the Alembic migrations under ``migrations/``; these classes
-describe it for queries. ``tests/test_migrations.py`` checks the two agree.
+describe it for queries. ``tests/idp/test_migrations.py`` checks the two agree.
 """
 
 from __future__ import annotations

@@ -15,6 +15,7 @@ automatically at ``superseded_at + access_token_ttl + clock_skew + key_refresh_i
 
 from __future__ import annotations
 
+import builtins
 import hashlib
 import json
 import logging
@@ -87,7 +88,9 @@ class KeyRing:
         if not force and time.monotonic() - self._loaded_at < self._settings.key_refresh_interval:
             return
         waits = force or not self._infos
-        if not (self._lock.acquire(timeout=self._settings.database_timeout) if waits else self._lock.acquire(blocking=False)):
+        lock = self._lock
+        got = lock.acquire(timeout=self._settings.database_timeout) if waits else lock.acquire(blocking=False)
+        if not got:
             if waits:
                 raise TimeoutError("another thread reading the key set does not finish")
             return
@@ -101,7 +104,8 @@ class KeyRing:
             infos: list[KeyInfo] = []
             private: dict[str, PrivateKey] = {}
             for row in rows:
-                infos.append(KeyInfo(row.kid, row.alg, json.loads(row.public_jwk), row.created_at, row.activate_at, None))
+                infos.append(KeyInfo(row.kid, row.alg, json.loads(row.public_jwk), row.created_at, row.activate_at,
+                                     None))
                 key = self._private.get(row.kid)
                 if key is None:  # decrypt each key once per process
                     key = PrivateKey.from_pkcs8(self._keystore.open_envelope(row.private_key, kid=row.kid), row.alg)
@@ -155,9 +159,10 @@ class KeyRing:
     def list(self) -> list[KeyInfo]:
         with self._engine.connect() as conn:
             rows = conn.execute(select(_keys).order_by(_keys.c.activate_at, _keys.c.created_at)).all()
-        return [KeyInfo(r.kid, r.alg, json.loads(r.public_jwk), r.created_at, r.activate_at, r.retired_at) for r in rows]
+        return [KeyInfo(r.kid, r.alg, json.loads(r.public_jwk), r.created_at, r.activate_at, r.retired_at)
+                for r in rows]
 
-    def retire_due(self, info: KeyInfo, infos: list[KeyInfo], now: int) -> int | None:
+    def retire_due(self, info: KeyInfo, infos: builtins.list[KeyInfo], now: int) -> int | None:
         """When a superseded key leaves the JWKS; None while it signs or is pending."""
         later = [i for i in infos if i.activate_at > info.activate_at and i.activate_at <= now and i.retired_at is None]
         if not later or info.activate_at > now:
@@ -168,7 +173,8 @@ class KeyRing:
 
     # --- changing -----------------------------------------------------------------------------
 
-    def create(self, *, now: int, activate_at: int, actor: str, reason: str, tx: audit.Transaction | None = None) -> KeyInfo:
+    def create(self, *, now: int, activate_at: int, actor: str, reason: str,
+               tx: audit.Transaction | None = None) -> KeyInfo:
         # Only a keystore that opens the existing keys may seal a new one: a process with the wrong
         # KEK/passphrase would otherwise add a key no correctly configured process can decrypt.
         self.refresh(force=True)
@@ -183,7 +189,8 @@ class KeyRing:
             "activate_at": activate_at,
             "retired_at": None,
         }
-        rec = audit.Record("key.created", actor, data={"kid": key.kid, "alg": key.alg, "activate_at": activate_at, "reason": reason})
+        rec = audit.Record("key.created", actor,
+                           data={"kid": key.kid, "alg": key.alg, "activate_at": activate_at, "reason": reason})
         if tx is None:
             with audit.transaction(self._engine) as own:
                 own.conn.execute(insert(_keys), [row])
@@ -215,7 +222,8 @@ class KeyRing:
     def rotate(self, *, actor: str, immediate: bool = False) -> KeyInfo:
         now = clock.now()
         activate_at = now if immediate else now + self._settings.prepublication
-        return self.create(now=now, activate_at=activate_at, actor=actor, reason="rotate --now" if immediate else "rotate")
+        reason = "rotate --now" if immediate else "rotate"
+        return self.create(now=now, activate_at=activate_at, actor=actor, reason=reason)
 
     def retire(self, kid: str, *, actor: str, reason: str = "manual") -> KeyInfo:
         now = clock.now()
@@ -240,7 +248,7 @@ class KeyRing:
         self._loaded_at = float("-inf")
         return KeyInfo(target.kid, target.alg, target.public_jwk, target.created_at, target.activate_at, now)
 
-    def maintain(self) -> list[str]:
+    def maintain(self) -> builtins.list[str]:
         """Retire keys whose tokens have all expired; start a scheduled rotation when one is due.
 
         Safe to run in every process at once: retirement is an idempotent conditional update and a

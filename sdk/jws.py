@@ -27,7 +27,7 @@ EdDSA   1.18x        1.25x     1.45x  1.32x
 
 (``bench/results/crypto.md`` has the same comparison for signing and verifying a 505-byte
 token: verify 1.24x ES256 / 1.18x EdDSA here against pyjwt 1.67x / 1.46x and joserfc
-1.54x / 1.33x.) Its output is checked against joserfc in ``tests/sdk/test_jws.py``.
+1.54x / 1.33x.) Its output is checked against joserfc in ``tests/sdk/test_rfc7515_jws_compact.py``.
 """
 
 from __future__ import annotations

@@ -81,7 +81,7 @@ LIST_FILTERS: dict[str, tuple[str, str, str]] = {
     "resources/templates/list": ("resourceTemplates", "uriTemplate", "resources/read"),
 }
 _B64_SENTINEL = re.compile(r"=\?base64\?(.*)\?=", re.DOTALL)
-METHOD_NOT_FOUND = -32601  # JSON-RPC 2.0
+METHOD_NOT_FOUND = _protocol.METHOD_NOT_FOUND
 COMPLETE = "completion/complete"
 #: completion/complete ``params.ref.type`` -> (ref member, the capability method it is checked by)
 COMPLETION_REFS = {"ref/prompt": ("name", PROMPTS_GET), "ref/resource": ("uri", RESOURCES_READ)}
