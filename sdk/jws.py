@@ -16,18 +16,19 @@ public-key forgeries cannot work.
 Why it is hand-written rather than pyjwt or joserfc: verification cost, measured by
 ``bench/sdk_verify.py`` and recorded in ``bench/results/sdk_verify.md`` (CPU time per request
 relative to the raw ``cryptography`` verify of the same algorithm; the SDK's target for the
-whole cold path is ≤ 1.3x raw):
+whole cold path is ≤ 1.3x raw, met on the Intel machine of earlier runs, not on the AMD EPYC
+machine of the latest one, where pure-Python work costs relatively more — the libraries' too):
 
 ======  ===========  ========  =====  =======
 alg     this module  SDK cold  pyjwt  joserfc
 ======  ===========  ========  =====  =======
-ES256   1.27x        1.32x     1.69x  1.51x
-EdDSA   1.18x        1.25x     1.45x  1.32x
+ES256   1.64x        1.81x     2.56x  2.25x
+EdDSA   1.34x        1.45x     1.81x  1.71x
 ======  ===========  ========  =====  =======
 
 (``bench/results/crypto.md`` has the same comparison for signing and verifying a 505-byte
-token: verify 1.24x ES256 / 1.18x EdDSA here against pyjwt 1.67x / 1.46x and joserfc
-1.54x / 1.33x.) Its output is checked against joserfc in ``tests/sdk/test_rfc7515_jws_compact.py``.
+token, with the limit of any Python implementation beside it.) Its output is checked against
+joserfc in ``tests/sdk/test_rfc7515_jws_compact.py``.
 """
 
 from __future__ import annotations
