@@ -66,6 +66,17 @@ class OAuthEndpoints:
         self.app = app
         self._provider = provider
         self._max_body = max_body
+        self._token_on_loop: bool | None = None
+
+    def _on_loop(self, stores: Stores) -> bool:
+        """Whether ``/token`` runs on the event loop: only on SQLite. Its reads there never wait
+        (WAL) and its one write, the audit record, is the group committer's, on threads of its
+        own; handing each request to a worker thread cost half the throughput at c=8/64 (token
+        bench --quick: 1.15x of node-oidc-provider on the loop, 0.56x/0.59x in a thread). Over
+        the network (PostgreSQL) a hung server must not stall the loop, so there it runs off it."""
+        if self._token_on_loop is None:
+            self._token_on_loop = stores.settings.database_url.startswith("sqlite")
+        return self._token_on_loop
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         handler = self.HANDLERS.get(scope.get("path", "")) if scope["type"] == "http" else None
@@ -81,7 +92,13 @@ class OAuthEndpoints:
                     raise InvalidRequest("repeated Authorization, Content-Type, Content-Length or DPoP header field")
             body = await self._read_body(headers.get("content-length"), receive)
             request = self._request(scope, headers, parse_form(headers.get("content-type"), body))
-            result = await blocking.call(self._provider().settings.database_timeout, handler, self._provider(), request)
+            stores = self._provider()
+            result: OAuthResponse
+            if handler is token_endpoint.token and self._on_loop(stores):
+                outcome = handler(stores, request)
+                result = await outcome if asyncio.iscoroutine(outcome) else outcome
+            else:
+                result = await blocking.call(stores.settings.database_timeout, handler, stores, request)
         except OAuthError as exc:
             result = exc.response()
         except Exception:  # a database outage must not leak a traceback
