@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell sha1sum pyproject.toml | cut -c1-12)
 DEV_STAMP := $(VENV)/.installed-dev-$(shell sha1sum pyproject.toml | cut -c1-12)
 # Debian packages the test suite needs (installed only when missing).
-TEST_DEBS :=
+TEST_DEBS := chromium
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
 # Interop runtimes: the 1.x line of the official Python MCP SDK cannot share a venv with 2.x, and

@@ -119,6 +119,12 @@ class ClientRegistry:
             created_at=row.created_at,
             updated_at=row.updated_at,
             kind=row.kind,
+            redirect_uris=tuple(json.loads(row.redirect_uris or "[]")),
+            grant_types=tuple(json.loads(row.grant_types or '["client_credentials"]')),
+            registered_by=row.registered_by or "operator",
+            metadata=json.loads(row.client_metadata) if row.client_metadata else None,
+            registration_token_hash=row.registration_token_hash,
+            expires_at=row.expires_at,
         )
 
     def add(
@@ -173,6 +179,12 @@ class ClientRegistry:
             "created_at": now,
             "updated_at": now,
             "kind": kind,
+            "redirect_uris": "[]",
+            "grant_types": '["client_credentials"]',
+            "registered_by": "operator",
+            "client_metadata": None,
+            "registration_token_hash": None,
+            "expires_at": None,
         }
         try:
             with audit.transaction(self._engine) as tx:
@@ -192,7 +204,7 @@ class ClientRegistry:
         """Look up by client_id (the token endpoint's hot path)."""
         # A NUL (PostgreSQL refuses it) or a lone surrogate (not encodable) from Basic credentials or
         # an assertion's iss names no client and must not become a database error: ids are printable.
-        if not isinstance(client_id, str) or not client_id or len(client_id) > 64 or not client_id.isprintable():
+        if not isinstance(client_id, str) or not client_id or len(client_id) > 512 or not client_id.isprintable():
             return None
         row = self._by_id.first_tuple(client_id=client_id)
         return _record_of_row(row) if row is not None else None

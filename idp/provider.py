@@ -18,8 +18,11 @@ from .assertion_jtis import AssertionReplayCache
 from .clients import ClientRegistry
 from .config import Settings
 from .keystore import Keystore
+from .oauth2.client import ClientRecord
 from .oauth2.client_auth import AuthContext
 from .oauth2.throttle import AuthThrottle
+from .policy import Policy
+from .resources import ResourceRegistry
 from .revocations import RevocationList
 from .signing_keys import KeyRing
 
@@ -37,6 +40,16 @@ class GroupCommittedLog:
         return self.provider.committer.record(rec)
 
 
+@dataclass(frozen=True, slots=True)
+class RegisteredClients:
+    """Resolves only registered clients (Client ID Metadata Documents plug in here)."""
+
+    clients: ClientRegistry
+
+    async def resolve(self, client_id: str) -> ClientRecord | None:
+        return self.clients.get(client_id)
+
+
 @dataclass
 class Provider:
     settings: Settings
@@ -48,6 +61,9 @@ class Provider:
     assertion_jtis: AssertionReplayCache
     auth_context: AuthContext
     auth_throttle: AuthThrottle
+    resources: ResourceRegistry
+    policy: Policy
+    client_resolver: RegisteredClients
     _committer: audit.GroupCommitter | None = field(default=None, repr=False)
     _last_forced_key_refresh: float = field(default=float("-inf"), repr=False)
 
@@ -65,11 +81,12 @@ class Provider:
         if initial_key:
             keys.ensure_initial_key()
         issuer = settings.issuer
+        clients = ClientRegistry(engine)
         return cls(
             settings=settings,
             engine=engine,
             keystore=keystore,
-            clients=ClientRegistry(engine),
+            clients=clients,
             keys=keys,
             revocations=RevocationList(engine),
             assertion_jtis=AssertionReplayCache(engine),
@@ -84,6 +101,9 @@ class Provider:
                 window=settings.auth_fail_window,
                 audit_limit=settings.auth_fail_audits,
             ),
+            resources=ResourceRegistry(engine),
+            policy=Policy(),
+            client_resolver=RegisteredClients(clients),
         )
 
     @property

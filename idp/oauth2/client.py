@@ -22,6 +22,13 @@ CLIENT = "client"
 RESOURCE_SERVER = "resource_server"
 KINDS = (CLIENT, RESOURCE_SERVER)
 
+#: Who registered a client: the operator (``idp clients add``), RFC 7591 dynamic registration,
+#: or a Client ID Metadata Document fetched from the client_id URL.
+OPERATOR = "operator"
+DYNAMIC = "dcr"
+METADATA_DOCUMENT = "cimd"
+REGISTERED_BY = (OPERATOR, DYNAMIC, METADATA_DOCUMENT)
+
 
 @dataclass(frozen=True)
 class ClientRecord:
@@ -36,6 +43,23 @@ class ClientRecord:
     created_at: int
     updated_at: int
     kind: str = CLIENT
+    # Interactive clients (authorization code grant, RFC 6749 §4.1)
+    redirect_uris: tuple[str, ...] = ()
+    grant_types: tuple[str, ...] = ("client_credentials",)
+    registered_by: str = OPERATOR  # OPERATOR, DYNAMIC (RFC 7591) or METADATA_DOCUMENT (CIMD)
+    metadata: dict[str, Any] | None = None  # RFC 7591 §2 client metadata (client_name, client_uri...)
+    registration_token_hash: str | None = None  # RFC 7592 registration access token (hash)
+    expires_at: int | None = None
+
+    @property
+    def reviewed(self) -> bool:
+        """Registered by the operator; dynamic and metadata-document clients are labelled unverified."""
+        return self.registered_by == OPERATOR
+
+    @property
+    def display_name(self) -> str:
+        name = (self.metadata or {}).get("client_name")
+        return name if isinstance(name, str) and name else self.name
 
     def public_dict(self) -> dict[str, Any]:
         return {
@@ -45,6 +69,9 @@ class ClientRecord:
             "auth_method": self.auth_method,
             "capabilities": self.capabilities.to_scope(),
             "audiences": list(self.audiences),
+            "redirect_uris": list(self.redirect_uris),
+            "grant_types": list(self.grant_types),
+            "registered_by": self.registered_by,
             "enabled": self.enabled,
             "created_at": self.created_at,
             "updated_at": self.updated_at,

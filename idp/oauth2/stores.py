@@ -10,12 +10,16 @@ from __future__ import annotations
 from collections.abc import Awaitable, Mapping
 from typing import TYPE_CHECKING, Any, Protocol
 
+from sdk.capabilities import CapabilitySet
 from sdk.jws import PrivateKey, PublicKey
 
 from .client import ClientRecord
+from .resource import ResourceRecord
+from .subject import Subject
 
 if TYPE_CHECKING:
     from ..config import Settings
+    from ..policy import Decision
     from .client_auth import AuthContext
     from .throttle import AuthThrottle
 
@@ -49,6 +53,22 @@ class KeyStore(Protocol):
     def verification_keys(self) -> Mapping[str, PublicKey]: ...
 
 
+class ClientResolver(Protocol):
+    async def resolve(self, client_id: str) -> ClientRecord | None:
+        """The client an authorization request names: a registered one, or (for an https URL) the
+        client its Client ID Metadata Document describes, fetched and cached. None if neither."""
+
+
+class PolicyDecider(Protocol):
+    def decide(self, subject: Subject, client: ClientRecord, resource: str, requested: CapabilitySet) -> Decision:
+        """Which of the requested capabilities the subject may be granted for this client and resource."""
+
+
+class ResourceStore(Protocol):
+    def get(self, uri: str) -> ResourceRecord | None:
+        """The registered protected resource, or None (the IdP mints tokens only for these)."""
+
+
 class Stores(Protocol):
     """Everything a handler is given: the storage behind these interfaces plus settings."""
 
@@ -75,6 +95,15 @@ class Stores(Protocol):
 
     @property
     def auth_throttle(self) -> AuthThrottle: ...
+
+    @property
+    def resources(self) -> ResourceStore: ...
+
+    @property
+    def client_resolver(self) -> ClientResolver: ...
+
+    @property
+    def policy(self) -> PolicyDecider: ...
 
     def refresh_keys_for_unknown_kid(self) -> bool:
         """Re-read the key set once when a token names an unknown kid (rate-limited)."""

@@ -17,7 +17,11 @@ from sqlmodel import SQLModel
 import idp.models  # noqa: F401 - registers the tables
 from idp import db
 
-TABLES = {"clients", "signing_keys", "revoked_tokens", "assertion_jtis", "audit_events", "idp_state"}
+TABLES = {"clients", "signing_keys", "revoked_tokens", "assertion_jtis", "audit_events", "idp_state",
+          # 0004: interactive authorization
+          "resources", "users", "federation_upstreams", "federated_identities", "consent_grants", "web_sessions",
+          "interactions", "authorization_codes", "token_families", "family_tokens", "refresh_tokens",
+          "initial_access_tokens", "client_metadata_documents"}
 
 
 @pytest.fixture
