@@ -76,6 +76,19 @@ class Settings(BaseSettings):
         64, ge=0, description="Open connections per client address and worker process; 0 = no limit."
     )
 
+    # --- web pages: sessions, local-account login, interactions (idp/web; docs/authorization.md) ---
+    session_idle_ttl: int = Field(
+        3600, ge=60, le=30 * 86400, description="A browser session at the IdP ends after this long unused, seconds.")
+    session_absolute_ttl: int = Field(
+        8 * 3600, ge=60, le=90 * 86400, description="A browser session ends this long after login at the latest, s.")
+    interaction_ttl: int = Field(
+        600, ge=60, le=3600, description="How long a person has to log in and consent to one authorization request, s.")
+    login_fail_window: int = Field(900, ge=1, le=86400, description="Window of the login failure limits, seconds.")
+    login_fail_account: int = Field(
+        5, ge=0, le=1_000_000, description="Failed logins per local account per window before 429; 0 = no limit.")
+    login_fail_address: int = Field(
+        50, ge=0, le=1_000_000, description="Failed logins per remote address per window before 429; 0 = no limit.")
+
     @field_validator("issuer")
     @classmethod
     def _issuer(cls, value: str) -> str:

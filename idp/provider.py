@@ -9,7 +9,8 @@ from __future__ import annotations
 import time
 from collections.abc import Awaitable
 from dataclasses import dataclass, field
-from typing import Any
+from functools import cached_property
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Engine
 
@@ -25,6 +26,12 @@ from .policy import Policy
 from .resources import ResourceRegistry
 from .revocations import RevocationList
 from .signing_keys import KeyRing
+
+if TYPE_CHECKING:
+    from .consent import ConsentGrants
+    from .users import Users
+    from .web.interactions import Interactions
+    from .web.session import WebSessions
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,6 +113,38 @@ class Provider:
             client_resolver=RegisteredClients(clients),
         )
 
+    # --- web pages (idp/web): people, their sessions, consent; built on first use ---
+    @cached_property
+    def users(self) -> Users:
+        from .users import Users
+
+        return Users(self.engine)
+
+    @cached_property
+    def consents(self) -> ConsentGrants:
+        from .consent import ConsentGrants
+
+        return ConsentGrants(self.engine)
+
+    @cached_property
+    def web_sessions(self) -> WebSessions:
+        from .web.session import WebSessions
+
+        return WebSessions(self.engine, self.settings)
+
+    @cached_property
+    def interactions(self) -> Interactions:
+        from .web.interactions import Interactions
+
+        return Interactions(self.engine, self.settings)
+
+    @cached_property
+    def login_throttle(self) -> AuthThrottle:
+        """Failed local-account logins, per account (the ``client_id`` key) and per address."""
+        s = self.settings
+        return AuthThrottle(per_client=s.login_fail_account, per_address=s.login_fail_address,
+                            window=s.login_fail_window, audit_limit=s.auth_fail_audits)
+
     @property
     def committer(self) -> audit.GroupCommitter:
         if self._committer is None:
@@ -132,6 +171,8 @@ class Provider:
             events.append(f"pruned {pruned} audit records")
         self.revocations.prune()
         self.assertion_jtis.prune()
+        self.web_sessions.prune()
+        self.interactions.prune()
         return events
 
     def close(self) -> None:
