@@ -88,6 +88,16 @@ class Settings(BaseSettings):
         5, ge=0, le=1_000_000, description="Failed logins per local account per window before 429; 0 = no limit.")
     login_fail_address: int = Field(
         50, ge=0, le=1_000_000, description="Failed logins per remote address per window before 429; 0 = no limit.")
+    # --- authorization code flow (docs/authorization.md) ---
+    authorization_code_ttl: int = Field(60, ge=10, le=600, description="Authorization code lifetime, seconds.")
+    refresh_token_ttl: int = Field(
+        14 * 86400, ge=60, le=365 * 86400, description="Refresh token lifetime (each rotation renews it), seconds.")
+    refresh_family_lifetime: int = Field(
+        90 * 86400, ge=60, le=3 * 365 * 86400,
+        description="Longest a login's refresh-token chain lasts, however often it rotates, seconds.")
+    refresh_retry_grace: int = Field(
+        10, ge=0, le=300,
+        description="A client may retry a refresh whose answer it lost within this many seconds; 0 = never.")
 
     @field_validator("issuer")
     @classmethod

@@ -16,6 +16,7 @@ from sqlalchemy import Engine
 
 from . import audit, db
 from .assertion_jtis import AssertionReplayCache
+from .authorization_codes import AuthorizationCodes
 from .clients import ClientRegistry
 from .config import Settings
 from .keystore import Keystore
@@ -26,6 +27,7 @@ from .policy import Policy
 from .resources import ResourceRegistry
 from .revocations import RevocationList
 from .signing_keys import KeyRing
+from .token_families import TokenFamilies
 
 if TYPE_CHECKING:
     from .consent import ConsentGrants
@@ -71,6 +73,8 @@ class Provider:
     resources: ResourceRegistry
     policy: Policy
     client_resolver: RegisteredClients
+    token_families: TokenFamilies
+    authorization_codes: AuthorizationCodes
     _committer: audit.GroupCommitter | None = field(default=None, repr=False)
     _last_forced_key_refresh: float = field(default=float("-inf"), repr=False)
 
@@ -89,6 +93,7 @@ class Provider:
             keys.ensure_initial_key()
         issuer = settings.issuer
         clients = ClientRegistry(engine)
+        families = TokenFamilies(engine, settings)
         return cls(
             settings=settings,
             engine=engine,
@@ -111,6 +116,8 @@ class Provider:
             resources=ResourceRegistry(engine),
             policy=Policy(),
             client_resolver=RegisteredClients(clients),
+            token_families=families,
+            authorization_codes=AuthorizationCodes(engine, settings, families),
         )
 
     # --- web pages (idp/web): people, their sessions, consent; built on first use ---
@@ -173,6 +180,8 @@ class Provider:
         self.assertion_jtis.prune()
         self.web_sessions.prune()
         self.interactions.prune()
+        self.authorization_codes.prune()
+        self.token_families.prune()
         return events
 
     def close(self) -> None:
