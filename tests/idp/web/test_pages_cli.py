@@ -109,7 +109,7 @@ def test_grants_list_and_revoke(settings: Settings, provider: Provider) -> None:
     assert "tools/call:deploy" in cli(env, "grants", "list").stdout
 
     out = cli_json(env, "grants", "revoke", "dave", "client-a", AUDIENCE)
-    assert out["resources"] == [AUDIENCE] and out["tokens_revoked"] == 0
+    assert out["resources"] == [AUDIENCE] and out["token_families_revoked"] == 0
     assert provider.consents.get(user.subject, "client-a", AUDIENCE) == CapabilitySet()
     assert len(provider.consents.get(user.subject, "client-a", "https://other.test/mcp")) == 1
     out = cli_json(env, "grants", "revoke", user.subject, "client-a")  # every resource
@@ -148,7 +148,7 @@ def test_grants_revoke_revokes_the_tokens_issued_under_it(web_settings: Settings
     env = env_for(web_settings)
     [grant] = cli_json(env, "grants", "list", "--client", client_id)
     out = cli_json(env, "grants", "revoke", grant["subject"], client_id)
-    assert out["resources"] == [AUDIENCE] and out["tokens_revoked"] == 1
+    assert out["resources"] == [AUDIENCE] and out["token_families_revoked"] == 1
     refreshed = browser.post("/token", data={"grant_type": "refresh_token", "refresh_token": tokens["refresh_token"]},
                              auth=(client_id, SECRETS[client_id]))
     assert refreshed.status_code == 400 and refreshed.json()["error"] == "invalid_grant"

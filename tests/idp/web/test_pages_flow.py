@@ -279,3 +279,17 @@ def test_chooser_lists_every_login_method(web_provider: Provider, browser: Any, 
         assert 'id="other-methods"' in password.text
     finally:
         login_methods._sources.remove(source)
+
+
+def test_consent_of_an_earlier_login_is_refused_after_a_new_login(web_provider: Provider, browser: Any,
+                                                                  client_id: str) -> None:
+    from .conftest import PASSWORD
+
+    first = consent_form(login_to_consent(browser, client_id, "tools/call:git-status"))
+    web_provider.users.add("carol", PASSWORD)
+    page = authorize(browser, client_id, "tools/call:git-log", prompt="login")
+    follow(browser, login(browser, page, username="carol"))
+    # alice's pending consent cannot be answered by carol's session (nor replayed with alice's form)
+    resp = submit_consent(browser, first)
+    assert resp.status_code == 403
+    assert consent_events(web_provider) == []
