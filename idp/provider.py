@@ -69,6 +69,8 @@ class Provider:
 
     @classmethod
     def open(cls, settings: Settings, *, migrate: bool = True, initial_key: bool = True) -> Provider:
+        # First: a broken policy folder refuses to start (PolicyError, one message naming file:line).
+        policy = Policy(settings.policy_dir, reload_interval=settings.policy_reload)
         engine = db.create_db_engine(settings.database_url, sqlite_synchronous=settings.sqlite_synchronous)
         if migrate:
             db.upgrade(engine)
@@ -82,6 +84,8 @@ class Provider:
             keys.ensure_initial_key()
         issuer = settings.issuer
         clients = ClientRegistry(engine)
+        resources = ResourceRegistry(engine)
+        policy.resources = resources  # the catalogue tells policies which tools are destructive
         return cls(
             settings=settings,
             engine=engine,
@@ -101,8 +105,8 @@ class Provider:
                 window=settings.auth_fail_window,
                 audit_limit=settings.auth_fail_audits,
             ),
-            resources=ResourceRegistry(engine),
-            policy=Policy(),
+            resources=resources,
+            policy=policy,
             client_resolver=RegisteredClients(clients),
         )
 
@@ -132,6 +136,10 @@ class Provider:
             events.append(f"pruned {pruned} audit records")
         self.revocations.prune()
         self.assertion_jtis.prune()
+        if self.settings.catalogue_max_age:
+            from .catalogue import refresh_stale  # imports the MCP client only when used
+
+            events.extend(refresh_stale(self, self.settings.catalogue_max_age))
         return events
 
     def close(self) -> None:
