@@ -161,7 +161,7 @@ def test(
             doc, cases = _load_cases(path)
             folder = policies
             if folder is None and isinstance(doc.get("policies"), str):
-                folder = (path.parent / doc["policies"]).resolve()
+                folder = path.parent / doc["policies"]
             folder = _folder(folder, as_json)
             if folder not in sources:
                 sources[folder] = load_folder(folder)
