@@ -24,7 +24,7 @@ MAX_GAPS = 10000
 
 
 # The events the IdP records (docs/cli.md#audit-events); those found in the database count too.
-EVENTS = ("client.registered", "client.enabled", "client.disabled", "client.removed",
+EVENTS: tuple[str, ...] = ("client.registered", "client.enabled", "client.disabled", "client.removed",
           "token.issued", "token.revoked", "key.created", "key.retired")
 EVENTS += ("resource.registered", "resource.updated", "resource.removed", "resource.catalogue_updated")
 
