@@ -213,12 +213,17 @@ def _annotation_id(text: str) -> str | None:
     return found.group(1) if found else None
 
 
+def _ours(name: str) -> bool:
+    """A policy or schema file; hidden files (editor locks, ``.#x.cedar``) are not."""
+    return name.endswith((".cedar", ".cedarschema")) and not name.startswith(".")
+
+
 def _fingerprint(folder: Path) -> tuple[tuple[str, int, int], ...]:
     """(name, mtime_ns, size) of every policy and schema file: what a reload compares."""
     entries = []
     with os.scandir(folder) as it:
         for entry in it:
-            if entry.name.endswith((".cedar", ".cedarschema")) and entry.is_file():
+            if _ours(entry.name) and entry.is_file():
                 st = entry.stat()
                 entries.append((entry.name, st.st_mtime_ns, st.st_size))
     return tuple(sorted(entries))
@@ -232,7 +237,7 @@ def _read(path: Path) -> str:
 
 def _schema_of(folder: Path, problems: list[PolicyProblem]) -> tuple[str, str]:
     """The schema text and its name: the folder's one ``*.cedarschema``, else the built-in one."""
-    files = sorted(folder.glob("*.cedarschema"))
+    files = sorted(p for p in folder.glob("*.cedarschema") if _ours(p.name))
     if len(files) > 1:
         problems.append(PolicyProblem(str(files[1]), 1, "more than one *.cedarschema file in the folder"))
     if not files:
@@ -276,7 +281,7 @@ def check_folder(folder: Path) -> tuple[list[PolicyStatement], list[PolicyProble
     if not folder.is_dir():
         return [], [PolicyProblem(str(folder), 0, "not a directory")]
     schema, _ = _schema_of(folder, problems)
-    files = sorted(folder.glob("*.cedar"))
+    files = sorted(p for p in folder.glob("*.cedar") if _ours(p.name))
     if not files:
         problems.append(PolicyProblem(str(folder), 0, "no *.cedar policy files (an empty folder would deny "
                                       "everything; leave policy_dir unset to permit all)"))

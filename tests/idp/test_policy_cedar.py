@@ -149,6 +149,10 @@ def test_reload_on_change_keeps_the_last_good_set(tmp_path: Path, caplog: pytest
     assert "policy reload failed" in caplog.text
     change(OPS)
     assert len(policy.decide(ALICE, client(), SERVER, want).allowed) == 1
+    (folder / ".#ops.cedar").write_text("not cedar")  # an editor's lock file is not a policy
+    time.sleep(0.02)
+    assert policy.reload_if_changed(force=True) is False
+    assert len(policy.decide(ALICE, client(), SERVER, want).allowed) == 1
 
 
 def test_evaluation_errors_fail_closed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
