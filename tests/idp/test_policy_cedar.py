@@ -72,6 +72,10 @@ def test_claims_of_federated_users_and_malformed_claims(tmp_path: Path) -> None:
     federated = Subject("corp|123", claims={"issuer": "https://accounts.example", "upstream": "corp",
                                             "groups": ["admins"], "email": "eve@example.com"})
     assert len(policy.decide(federated, client(), SERVER, want).allowed) == 1
+    # As the federation login passes them (idp/federation/routes.py): the upstream issuer as "iss".
+    as_federation = {**{k: v for k, v in federated.claims.items() if k != "issuer"},
+                     "iss": "https://accounts.example", "upstream_sub": "123"}
+    assert len(policy.decide(Subject("usr_1", claims=as_federation), client(), SERVER, want).allowed) == 1
     # Another upstream's issuer, a local account, a groups claim that is not a list of strings: denied.
     for claims in ({**federated.claims, "issuer": "https://evil.example"},
                    {k: v for k, v in federated.claims.items() if k != "issuer"},
