@@ -22,6 +22,7 @@ from starlette.middleware.cors import CORSMiddleware
 
 from . import __version__, blocking, clock, logs
 from .config import Settings
+from .federation import routes as federation_routes
 from .oauth2 import introspection, metadata, revocation, token_endpoint
 from .oauth2.errors import InvalidRequest, OAuthError, OAuthResponse, ServerBusy
 from .oauth2.forms import Form, parse_form
@@ -219,6 +220,8 @@ def create_app(settings: Settings | None = None, provider: Provider | None = Non
     # Declared so that other methods get 405 with Allow: POST (RFC 9110 §15.5.6), not 404.
     for path in OAuthEndpoints.HANDLERS:
         app.add_api_route(path, post_only, methods=["POST"], include_in_schema=False)
+
+    app.include_router(federation_routes.router(prov))  # federated login (docs/federation.md)
 
     @app.get("/healthz", tags=["ops"])
     async def healthz() -> Response:

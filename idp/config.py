@@ -76,6 +76,14 @@ class Settings(BaseSettings):
         64, ge=0, description="Open connections per client address and worker process; 0 = no limit."
     )
 
+    # --- federation (docs/federation.md) ---
+    federation_discovery_ttl: int = Field(
+        3600, ge=0, le=86400, description="How long an upstream's discovery document is cached, seconds.")
+    federation_timeout: float = Field(
+        10.0, ge=0.5, le=120, description="Longest wait for an upstream OpenID provider (discovery, token, JWKS), s.")
+    federation_login_ttl: int = Field(
+        600, ge=30, le=3600, description="How long a person may take to log in at an upstream, seconds.")
+
     @field_validator("issuer")
     @classmethod
     def _issuer(cls, value: str) -> str:

@@ -6,10 +6,11 @@ behind the narrow interfaces ``idp.oauth2`` depends on.
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Awaitable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Engine
 
@@ -25,6 +26,9 @@ from .policy import Policy
 from .resources import ResourceRegistry
 from .revocations import RevocationList
 from .signing_keys import KeyRing
+
+if TYPE_CHECKING:
+    from .federation.upstreams import UpstreamRegistry
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,6 +109,13 @@ class Provider:
             policy=Policy(),
             client_resolver=RegisteredClients(clients),
         )
+
+    @functools.cached_property
+    def federation(self) -> UpstreamRegistry:
+        """The upstream OpenID providers people may log in at (docs/federation.md)."""
+        from .federation.upstreams import UpstreamRegistry
+
+        return UpstreamRegistry(self.engine, self.keystore)
 
     @property
     def committer(self) -> audit.GroupCommitter:
