@@ -98,7 +98,7 @@ _FORM = re.compile(r'<form[^>]*action="([^"]+)"[^>]*method="post"[^>]*>(.*?)</fo
 _INPUT = re.compile(r'<input[^>]*name="([^"]+)"(?:[^>]*value="([^"]*)")?[^>]*>', re.I)
 
 
-def _form(page: httpx.Response) -> tuple[str, dict[str, str]]:
+def form_of(page: httpx.Response) -> tuple[str, dict[str, str]]:
     found = _FORM.search(page.text)
     assert found, f"no form at {page.url}: {page.status_code} {page.text[:500]}"
     fields = {name: html.unescape(value or "") for name, value in _INPUT.findall(found.group(2))}
@@ -113,7 +113,7 @@ def drive_upstream_login(http: httpx.Client, start: httpx.Response, *, login: st
     for _ in range(6):
         if not str(response.url).startswith(upstream_origin):
             return response
-        action, fields = _form(response)
+        action, fields = form_of(response)
         if fields.get("prompt") == "login":
             fields.update(login=login, password="any")
         url = httpx.URL(str(response.url)).join(action)
@@ -205,6 +205,9 @@ class AttackerUpstream:
     forge: Callable[[dict[str, Any], dict[str, Any]], str | None] | None = None
     iss_param: str | None = None  # what the callback's iss parameter says (default: the issuer)
     key: RSAKey = field(default_factory=lambda: RSAKey.generate_key(2048, parameters={"kid": "good"}))
+    token_delay: float = 0.0  # seconds the token endpoint stalls (an upstream timeout)
+    token_answer: tuple[int, bytes] | None = None  # a raw answer of the token endpoint instead of tokens
+    userinfo_sub: str = "mallory"
     codes: dict[str, dict[str, str]] = field(default_factory=dict)
     token_requests: list[dict[str, list[str]]] = field(default_factory=list)
     jwks_fetches: int = 0
@@ -242,7 +245,7 @@ class AttackerUpstream:
                     self.send_header("Content-Length", "0")
                     self.end_headers()
                 elif parts.path == "/userinfo":
-                    self._json({"sub": "mallory", "email": "mallory@attacker.test"})
+                    self._json({"sub": attacker.userinfo_sub, "email": "mallory@attacker.test", "groups": ["admins"]})
                 else:
                     self._json({"error": "not_found"}, 404)
 
@@ -250,6 +253,16 @@ class AttackerUpstream:
                 length = int(self.headers.get("Content-Length", "0"))
                 form = parse_qs(self.rfile.read(length).decode())
                 attacker.token_requests.append(form)
+                if attacker.token_delay:
+                    time.sleep(attacker.token_delay)
+                if attacker.token_answer is not None:
+                    status, raw = attacker.token_answer
+                    self.send_response(status)
+                    self.send_header("Content-Type", "application/json")
+                    self.send_header("Content-Length", str(len(raw)))
+                    self.end_headers()
+                    self.wfile.write(raw)
+                    return
                 request = attacker.codes.pop(form.get("code", [""])[0], None)
                 if request is None:
                     self._json({"error": "invalid_grant"}, 400)
@@ -285,5 +298,5 @@ class AttackerUpstream:
         self.server.server_close()
 
 
-__all__ = ["AttackerUpstream", "ECKey", "IdP", "NodeUpstream", "RSAKey", "drive_upstream_login", "follow",
+__all__ = ["AttackerUpstream", "ECKey", "IdP", "NodeUpstream", "RSAKey", "drive_upstream_login", "follow", "form_of",
            "node_available", "start_idp"]
