@@ -23,7 +23,6 @@ from __future__ import annotations
 import functools
 import hashlib
 import hmac
-import html
 import logging
 import secrets
 from collections.abc import Callable
@@ -37,7 +36,9 @@ from fastapi.responses import RedirectResponse, Response
 from .. import blocking, clock
 from ..oauth2.subject import USER, Subject
 from ..provider import Provider
-from . import _pages
+from ..web import login_methods as pages_login_methods
+from ..web.pages import render
+from ..web.session import complete_login, current_session
 from .identities import FederatedIdentities, mapped_claims
 from .oidc_client import OIDCClient, UpstreamLoginError
 from .state import LoginStates
@@ -47,15 +48,6 @@ log = logging.getLogger("cbst.federation")
 
 BINDING_COOKIE = "cbst_federation"
 BINDING_PATH = "/federation/callback/"
-#: The pages' security headers, for the error pages of this module.
-PAGE_HEADERS = {
-    "Content-Security-Policy": "default-src 'none'; style-src 'self'; frame-ancestors 'none'; base-uri 'none'; "
-                               "form-action 'self'",
-    "X-Frame-Options": "DENY",
-    "X-Content-Type-Options": "nosniff",
-    "Referrer-Policy": "no-referrer",
-    "Cache-Control": "no-store",
-}
 
 
 def _hash(value: str) -> str:
@@ -66,9 +58,9 @@ def redirect_uri(issuer: str, name: str) -> str:
     return f"{issuer}/federation/callback/{name}"
 
 
-@dataclass(frozen=True)
+@dataclass
 class UpstreamLoginMethod:
-    """A chooser entry (the pages' ``LoginMethod``): "Sign in with <label>"."""
+    """A chooser entry (the pages' :class:`~idp.web.login_methods.LoginMethod`)."""
 
     name: str
     label: str
@@ -78,29 +70,22 @@ class UpstreamLoginMethod:
                f"{quote(interaction_id, safe='')}"
 
 
-def login_methods(stores: Any) -> list[UpstreamLoginMethod]:
+def login_methods(stores: Provider) -> list[pages_login_methods.LoginMethod]:
     """The login-method source registered with the pages: every enabled upstream, by name."""
-    if not isinstance(stores, Provider):
-        return []
-    return [UpstreamLoginMethod(f"upstream:{u.name}", u.label) for u in stores.federation.list(enabled_only=True)]
+    return [UpstreamLoginMethod(f"upstream:{u.name}", f"Sign in with {u.label}")
+            for u in stores.federation.list(enabled_only=True)]
 
 
-def error_page(status: int, title: str, message: str) -> Response:
-    body = (
-        "<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
-        "<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">"
-        f"<title>{html.escape(title)}</title></head>\n<body><main role=\"main\"><h1>{html.escape(title)}</h1>"
-        f"<p>{html.escape(message)}</p><p>Go back to the application and start signing in again.</p>"
-        "</main></body></html>\n"
-    )
-    return Response(body, status, PAGE_HEADERS, media_type="text/html")
+def error_page(request: Request, status: int, title: str, message: str) -> Response:
+    """The pages' error page (their security headers: CSP, no framing, no-store)."""
+    return render(request, "error.html", status=status, title=title, message=message)
 
 
 def router(provider: Callable[[], Provider]) -> APIRouter:
     """The federation routes over the app's provider (and the chooser entries, registered once)."""
     api = APIRouter()
     clients: dict[str, OIDCClient] = {}
-    _pages.register_source(login_methods)
+    pages_login_methods.register_source(login_methods)
 
     def oidc(prov: Provider) -> OIDCClient:
         if "client" not in clients:
@@ -121,7 +106,7 @@ def router(provider: Callable[[], Provider]) -> APIRouter:
             await prov.audit_log.record("federation.login_refused", f"federation:{name[:64]}", data=record)
         except Exception:  # the page must still answer when the database does not
             log.exception("audit record of a refused federated login failed")
-        return error_page(status, "Sign-in failed", message)
+        return error_page(request, status, "Sign-in failed", message)
 
     @api.get("/login/upstream/{name}", include_in_schema=False)
     async def start(request: Request, name: str) -> Response:
@@ -130,11 +115,17 @@ def router(provider: Callable[[], Provider]) -> APIRouter:
         try:
             upstream: Upstream | None = await db(prov, prov.federation.get, name)
             if upstream is None or not upstream.enabled:
-                return error_page(404, "Unknown sign-in method", "This sign-in method is not configured.")
+                return error_page(request, 404, "Unknown sign-in method", "This sign-in method is not configured.")
             row = await db(prov, LoginStates(prov.engine).load, interaction_id)
             if row is None:
                 return await refuse(prov, request, name, "unknown_interaction",
                                     "This sign-in request is unknown or has expired.", interaction=interaction_id[:64])
+            bound = row.data.get("sid")  # the pages bind an interaction to the browser that opened it
+            if bound is not None:
+                session = await db(prov, current_session, request, prov)
+                if session is None or session.sid != bound:
+                    return await refuse(prov, request, name, "browser_mismatch",
+                                        "This sign-in request belongs to another browser.", interaction=row.id)
             meta = await oidc(prov).metadata(upstream)
             state = f"{row.id}.{secrets.token_urlsafe(32)}"
             nonce = secrets.token_urlsafe(32)
@@ -146,14 +137,14 @@ def router(provider: Callable[[], Provider]) -> APIRouter:
                      "nonce": nonce, "code_verifier": verifier, "binding_hash": _hash(binding),
                      "started_at": clock.now()}
             if not await db(prov, LoginStates(prov.engine).swap, row, login):
-                return error_page(409, "Sign-in failed", "This sign-in request changed meanwhile; try again.")
+                return error_page(request, 409, "Sign-in failed", "This sign-in request changed meanwhile; try again.")
             url = oidc(prov).authorization_url(upstream, meta, redirect_uri=redirect_uri(prov.settings.issuer, name),
                                                state=state, nonce=nonce, code_verifier=verifier)
         except UpstreamLoginError as exc:
             return await refuse(prov, request, name, exc.reason, f"The sign-in provider cannot be used now: {exc}",
                                 status=exc.status, interaction=interaction_id[:64])
         except blocking.DatabaseUnavailable:
-            return error_page(503, "Try again later", "The sign-in service is busy; try again in a moment.")
+            return error_page(request, 503, "Try again later", "The sign-in service is busy; try again in a moment.")
         response = RedirectResponse(url, status_code=303, headers={"Cache-Control": "no-store"})
         response.set_cookie(BINDING_COOKIE, binding, max_age=prov.settings.federation_login_ttl, path=BINDING_PATH,
                             httponly=True, samesite="lax", secure=prov.settings.issuer.startswith("https://"))
@@ -168,7 +159,7 @@ def router(provider: Callable[[], Provider]) -> APIRouter:
             return await refuse(prov, request, name, exc.reason, f"Sign-in at the provider failed: {exc}",
                                 status=exc.status)
         except blocking.DatabaseUnavailable:
-            return error_page(503, "Try again later", "The sign-in service is busy; try again in a moment.")
+            return error_page(request, 503, "Try again later", "The sign-in service is busy; try again in a moment.")
 
     async def _callback(prov: Provider, request: Request, name: str) -> Response:
         params = request.query_params
@@ -233,10 +224,7 @@ def router(provider: Callable[[], Provider]) -> APIRouter:
         await prov.audit_log.record("federation.login", f"federation:{name}", data={
             "subject": link.subject, "issuer": auth.issuer, "upstream_subject": auth.subject, "interaction": row.id,
             "first_login": link.created, "email": kept.get("email"), "groups": kept.get("groups", [])})
-        complete = _pages.complete_login()
-        if complete is None:
-            return error_page(501, "Sign-in pages missing", "This identity provider has no login pages installed.")
-        response: Response = await complete(request, prov, row.id, subject, method=f"federated:{name}")
+        response: Response = await complete_login(request, prov, row.id, subject, method=f"federated:{name}")
         return response
 
     return api

@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import html
 import json
@@ -30,12 +31,12 @@ from urllib.parse import parse_qs, urlencode, urlsplit
 
 import httpx
 import sqlalchemy as sa
+from idp_testing import AUDIENCE, PG_URL, ROOT, ServerProcess, _pg_admin_url, env_for, free_port, random_kek
 from joserfc import jwt
 from joserfc.jwk import ECKey, RSAKey
 
 from idp.config import Settings
 from idp.provider import Provider
-from idp_testing import ROOT, ServerProcess, env_for, free_port, random_kek
 
 UPSTREAM_DIR = ROOT / "tests" / "idp" / "upstream_oidc"
 USERS = {
@@ -62,7 +63,7 @@ class NodeUpstream:
         self.issuer = f"http://127.0.0.1:{self.port}"
         self.client_id, self.client_secret = client_id, client_secret
         self.log = log_dir / f"upstream-{self.port}.log"
-        self._logfh = open(self.log, "wb")
+        self._logfh = open(self.log, "wb")  # noqa: SIM115 (closed by stop())
         env = {**os.environ, "UPSTREAM_CLIENT_ID": client_id, "UPSTREAM_CLIENT_SECRET": client_secret,
                "UPSTREAM_REDIRECT_URIS": " ".join(redirect_uris), "UPSTREAM_USERS": json.dumps(USERS),
                "UPSTREAM_TTL_ID_TOKEN": str(id_token_ttl)}
@@ -107,8 +108,9 @@ def form_of(page: httpx.Response) -> tuple[str, dict[str, str]]:
 
 def drive_upstream_login(http: httpx.Client, start: httpx.Response, *, login: str = "alice",
                          upstream_origin: str) -> httpx.Response:
-    """From the redirect to the upstream: submit its login form (and its consent form, the first
-    time), return the first answer that is not the upstream's (our callback's answer)."""
+    """From the upstream's login page: submit its login form (and its consent form, the first
+    time), following redirects, and return the first answer that is not the upstream's (our
+    callback's answer, or what the IdP redirected on to; a redirect to the MCP client is not followed)."""
     response = start
     for _ in range(6):
         if not str(response.url).startswith(upstream_origin):
@@ -117,7 +119,7 @@ def drive_upstream_login(http: httpx.Client, start: httpx.Response, *, login: st
         if fields.get("prompt") == "login":
             fields.update(login=login, password="any")
         url = httpx.URL(str(response.url)).join(action)
-        response = http.post(url, data=fields)
+        response = follow(http, http.post(url, data=fields), until=lambda u: str(u).startswith(REDIRECT))
     raise AssertionError(f"the upstream login did not finish: {response.url}")
 
 
@@ -136,12 +138,29 @@ def follow(http: httpx.Client, response: httpx.Response, *, until: Callable[[htt
 
 # --- the IdP under test ----------------------------------------------------------------------
 
+REDIRECT = "http://127.0.0.1:33419/callback"  # the MCP client's loopback redirect URI (never followed)
+CATALOGUE = {"tools": [{"name": "git-status", "title": "Git status", "annotations": {"readOnlyHint": True}},
+                       {"name": "deploy", "description": "Deploy to production"}]}
+
+
+def add_interactive_client(provider: Provider, name: str = "mcp-app") -> tuple[str, str]:
+    """An operator-registered client of the code flow (client_id, secret)."""
+    client, secret = provider.clients.add(name, capabilities="tools/call:*", audiences=[AUDIENCE])
+    table = sa.table("clients", sa.column("client_id"), sa.column("redirect_uris"), sa.column("grant_types"))
+    with provider.engine.begin() as conn:
+        conn.execute(table.update().where(table.c.client_id == client.client_id).values(
+            redirect_uris=json.dumps([REDIRECT]), grant_types=json.dumps(["authorization_code", "refresh_token"])))
+    return str(client.client_id), secret or ""
+
+
 @dataclass
 class IdP:
     settings: Settings
     provider: Provider
     server: ServerProcess
     tmp: Path
+    client_id: str = ""
+    client_secret: str = ""
 
     @property
     def url(self) -> str:
@@ -150,14 +169,19 @@ class IdP:
     def callback(self, name: str) -> str:
         return f"{self.url}/federation/callback/{name}"
 
-    def new_interaction(self, request: dict[str, Any] | None = None, data: dict[str, Any] | None = None) -> str:
-        """An interaction as /authorize leaves it (the pages create them; here directly in the table)."""
+    def new_interaction(self, data: dict[str, Any] | None = None) -> str:
+        """An interaction as /authorize leaves it before the person logs in (made here directly in
+        the table; not bound to a browser session, as the pages' /interaction/{id} would)."""
         iid = secrets.token_urlsafe(16)
+        request = {"client_id": self.client_id, "redirect_uri": REDIRECT, "state": "client-state",
+                   "scope": "tools/call:git-status", "other_scopes": ["email", "openid"], "resource": AUDIENCE,
+                   "code_challenge": "E9Melhoa2OwvFWfxeKJu_rQx-GwYldqWkcQPqBbd-aA", "nonce": None, "prompt": [],
+                   "max_age": None}
         now = int(time.time())
         with self.provider.engine.begin() as conn:
             conn.execute(sa.text("INSERT INTO interactions (id, request, data, created_at, expires_at) "
                                  "VALUES (:id, :r, :d, :c, :e)"),
-                         {"id": iid, "r": json.dumps(request or {"client_id": "test"}), "d": json.dumps(data or {}),
+                         {"id": iid, "r": json.dumps(request), "d": json.dumps(data or {}),
                           "c": now, "e": now + 600})
         return iid
 
@@ -166,18 +190,40 @@ class IdP:
             raw = conn.execute(sa.text("SELECT data FROM interactions WHERE id = :id"), {"id": iid}).scalar()
         return None if raw is None else json.loads(raw)
 
+    def interaction_ids(self) -> list[str]:
+        with self.provider.engine.connect() as conn:
+            return [r.id for r in conn.execute(sa.text("SELECT id FROM interactions ORDER BY created_at"))]
+
     def audit(self, event: str) -> list[dict[str, Any]]:
         with self.provider.engine.connect() as conn:
             rows = conn.execute(sa.text("SELECT actor, data FROM audit_events WHERE event = :e ORDER BY id"),
                                 {"e": event}).all()
         return [{"actor": r.actor, **json.loads(r.data)} for r in rows]
 
-    def identities(self) -> list[dict[str, Any]]:
+    def identities(self, *issuers: str) -> list[dict[str, Any]]:
+        """The federated identities (of these upstream issuers only, if named)."""
         with self.provider.engine.connect() as conn:
             rows = conn.execute(sa.text("SELECT issuer, upstream_subject, subject, claims FROM federated_identities "
-                                        "ORDER BY created_at, subject")).all()
+                                        "ORDER BY created_at, upstream_subject")).all()
         return [{"issuer": r.issuer, "upstream_subject": r.upstream_subject, "subject": r.subject,
-                 "claims": json.loads(r.claims)} for r in rows]
+                 "claims": json.loads(r.claims)} for r in rows if not issuers or r.issuer in issuers]
+
+
+@contextlib.contextmanager
+def temporary_pg_database() -> Iterator[str]:
+    """A fresh PostgreSQL database (for fixtures wider than one test); dropped afterwards."""
+    from sqlalchemy.engine import make_url
+
+    name = "cbst_fed_" + secrets.token_hex(6)
+    admin = sa.create_engine(_pg_admin_url(), isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.exec_driver_sql(f'CREATE DATABASE "{name}"')
+    try:
+        yield make_url(PG_URL).set(database=name).render_as_string(hide_password=False)
+    finally:
+        with admin.connect() as conn:
+            conn.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        admin.dispose()
 
 
 def start_idp(db_url: str, tmp: Path, **extra: str) -> Iterator[IdP]:
@@ -185,9 +231,12 @@ def start_idp(db_url: str, tmp: Path, **extra: str) -> Iterator[IdP]:
     settings = Settings(issuer=f"http://127.0.0.1:{port}", database_url=db_url, keys_dir=tmp / "keys",
                         keystore_kek=random_kek())
     provider = Provider.open(settings)
+    provider.resources.add(AUDIENCE, name="Example MCP server")
+    provider.resources.set_catalogue(AUDIENCE, CATALOGUE, actor="test")
+    client_id, secret = add_interactive_client(provider)
     server = ServerProcess({**env_for(settings), **extra}, port)
     try:
-        yield IdP(settings, provider, server, tmp)
+        yield IdP(settings, provider, server, tmp, client_id, secret)
     finally:
         server.stop()
         provider.close()

@@ -295,13 +295,14 @@ def test_callback_in_another_browser_is_refused(idp: IdP, attacker: AttackerUpst
 
 def test_callback_for_another_interaction_is_refused(idp: IdP, attacker: AttackerUpstream) -> None:
     http = httpx.Client(timeout=30)
-    url_a, iid_a = _callback_url(idp, attacker, http)
+    url_a, _ = _callback_url(idp, attacker, http)
     _, iid_b = _callback_url(idp, attacker, http)
     secret_a = url_a.params["state"].split(".", 1)[1]
     done = http.get(url_a.copy_with(query=None), params={**url_a.params, "state": f"{iid_b}.{secret_a}"})
     assert_refused(idp, attacker, done, "state_mismatch")
     # An interaction the pages created, never started at this upstream.
-    done = http.get(url_a.copy_with(query=None), params={**url_a.params, "state": f"{idp.new_interaction()}.{secret_a}"})
+    fresh = idp.new_interaction()
+    done = http.get(url_a.copy_with(query=None), params={**url_a.params, "state": f"{fresh}.{secret_a}"})
     assert_refused(idp, attacker, done, "state_mismatch")
 
 
