@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import concurrent.futures
+import subprocess
+from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
+from federation_testing import NodeUpstream, node_available
 
 from idp.federation.identities import FederatedIdentities, mapped_claims
 from idp.federation.upstreams import UpstreamError, validate_issuer, validate_scopes
@@ -55,3 +58,19 @@ def test_issuer_and_scope_validation() -> None:
     assert validate_scopes(None) == ("openid", "email", "profile")
     with pytest.raises(UpstreamError):
         validate_scopes(["a\\b"])
+
+
+def test_the_test_upstream_stops_when_its_parent_goes_away(tmp_path: Path) -> None:
+    """The node-oidc-provider fixture must not outlive a test run that died: it exits on the
+    end of its stdin pipe (and on the parent's death signal, PR_SET_PDEATHSIG)."""
+    if not node_available():
+        pytest.skip("needs node and `npm ci` in tests/idp/upstream_oidc")
+    up = NodeUpstream(client_id="c", client_secret="s", redirect_uris=["http://127.0.0.1:9/cb"], log_dir=tmp_path)
+    assert up.proc.stdin is not None
+    up.proc.stdin.close()  # what the kernel does when the test process dies
+    try:
+        assert up.proc.wait(15) == 0
+    except subprocess.TimeoutExpired:
+        up.stop()
+        raise
+    up.stop()
