@@ -70,7 +70,7 @@ class NodeUpstream:
         self.proc = subprocess.Popen(["node", "server.js", str(self.port)], cwd=UPSTREAM_DIR, env=env,
                                      stdin=subprocess.PIPE, stdout=self._logfh, stderr=subprocess.STDOUT,
                                      preexec_fn=_die_with_parent)
-        deadline = time.monotonic() + 30
+        deadline = time.monotonic() + 90
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"node-oidc-provider exited early:\n{self.log.read_text()}")
@@ -234,7 +234,8 @@ def start_idp(db_url: str, tmp: Path, **extra: str) -> Iterator[IdP]:
     provider.resources.add(AUDIENCE, name="Example MCP server")
     provider.resources.set_catalogue(AUDIENCE, CATALOGUE, actor="test")
     client_id, secret = add_interactive_client(provider)
-    server = ServerProcess({**env_for(settings), **extra}, port)
+    # A loaded 2-core CI machine (the whole suite in parallel) can take more than 30 s to start it.
+    server = ServerProcess({**env_for(settings), **extra}, port, ready_timeout=120)
     try:
         yield IdP(settings, provider, server, tmp, client_id, secret)
     finally:
