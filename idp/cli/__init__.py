@@ -19,6 +19,7 @@ from . import (
     common,
     config_cmd,
     db_cmd,
+    federation_cmd,
     grants_cmd,
     keys_cmd,
     policy_cmd,
@@ -56,6 +57,7 @@ app.add_typer(tokens_cmd.app, name="tokens")
 app.add_typer(keys_cmd.app, name="keys")
 app.add_typer(audit_cmd.app, name="audit")
 app.add_typer(db_cmd.app, name="db")
+app.add_typer(federation_cmd.app, name="federation")
 app.add_typer(users_cmd.app, name="users")
 app.add_typer(grants_cmd.app, name="grants")
 app.add_typer(policy_cmd.app, name="policy")
