@@ -367,3 +367,36 @@ def tab_to(page: Any, predicate_js: str, *, limit: int = 30) -> int:
 
 def screenshots_dir() -> Path:
     return Path(__file__).resolve().parent.parent.parent / "docs" / "screenshots"
+
+
+AXE_DIR = Path(__file__).resolve().parent / "npm"
+
+
+def axe_source() -> str:
+    """axe-core's browser build, from ``tests/browser/npm`` (pinned by its lockfile; ``npm ci`` when
+    missing, as ``make test`` does)."""
+    script = AXE_DIR / "node_modules" / "axe-core" / "axe.min.js"
+    if not script.is_file():
+        import shutil
+        import subprocess
+
+        npm = shutil.which("npm")
+        assert npm, "npm is needed for axe-core (make interop-deps installs Node.js and npm)"
+        done = subprocess.run([npm, "ci", "--no-audit", "--no-fund", "--loglevel=error", "--prefix", str(AXE_DIR)],
+                              check=False, capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, f"npm ci failed:\n{done.stdout}\n{done.stderr}"
+    return script.read_text()
+
+
+def axe_violations(page: Any) -> list[dict[str, Any]]:
+    """Run axe-core (WCAG 2.x A and AA rules) on the page; its violations, reduced.
+
+    Injected through the DevTools protocol (``evaluate``), which the page's CSP does not govern,
+    so the page is scanned under its real policy."""
+    if not page.evaluate("typeof window.axe !== 'undefined'"):
+        page.evaluate(axe_source() + "\n;undefined")
+    result: dict[str, Any] = page.evaluate(
+        "async () => await axe.run(document, {runOnly: {type: 'tag', values: "
+        "['wcag2a', 'wcag2aa', 'wcag21a', 'wcag21aa', 'wcag22aa']}, resultTypes: ['violations']})")
+    return [{"id": v["id"], "impact": v["impact"], "help": v["help"],
+             "nodes": [n["html"][:200] for n in v["nodes"]]} for v in result["violations"]]

@@ -8,7 +8,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from browser_support import OtherSite, accessible_names, contrast, watch_context
+from browser_support import OtherSite, accessible_names, axe_violations, contrast, watch_context
 
 pytestmark = pytest.mark.slow
 
@@ -61,3 +61,13 @@ def test_unlabelled_inputs_have_no_accessible_name(bare_page: Any, other_site: O
     page.goto(url)
     names = [n for n in accessible_names(page) if n["role"] == "textbox"]
     assert [n["name"] for n in names] == ["Name", ""]
+
+
+def test_axe_finds_violations(bare_page: Any, other_site: OtherSite) -> None:
+    url = other_site.put("/axe", '<!doctype html><html lang="en"><title>t</title><main><input id="b">'
+                                 '<p style="color: #aaa; background: #fff">faint</p></main></html>',
+                         {"Content-Security-Policy": "script-src 'none'"})  # axe still runs
+    page = bare_page.new_page()
+    page.goto(url)
+    found = {v["id"] for v in axe_violations(page)}
+    assert {"label", "color-contrast"} <= found, found
