@@ -172,7 +172,8 @@ class BrowserIdP:
     client_id: str
     callback: Callback
     home: Path
-    extra: dict[str, Any] = field(default_factory=dict)
+    provider: Any  # an idp.provider.Provider on the same database, for what tests set up
+    _people: int = 0
 
     @property
     def url(self) -> str:
@@ -190,6 +191,14 @@ class BrowserIdP:
                   "redirect_uri": redirect_uri or self.callback.redirect_uri, "scope": scope, "state": state,
                   "code_challenge": challenge, "code_challenge_method": "S256", "resource": resource, **more}
         return f"{self.url}/authorize?{urlencode(params)}", {"state": state, "verifier": verifier}
+
+    def person(self) -> str:
+        """A new local account (password :data:`PASSWORD`): consent remembered for one test's
+        person does not leak into another's."""
+        self._people += 1
+        name = f"person{self._people}"
+        self.provider.users.add(name, PASSWORD)
+        return name
 
     def cli(self, *args: str, input: str | None = None) -> Any:
         done = run_cli(*args, env=self.env, input=input)
@@ -216,8 +225,7 @@ def _seed(env: dict[str, str], callback: Callback, settings: Settings) -> str:
         prov.resources.set_catalogue(RESOURCE, CATALOGUE, actor="test")
     finally:
         prov.close()
-    out = cli("clients", "add", "Docs Desktop", "--auth-method", "none", "--redirect-uri", callback.redirect_uri,
-              "--capabilities", "tools/call:* resources/read:file:///docs/** prompts/get:*",
+    out = cli("clients", "add", "docs-desktop", "--public", "--redirect-uri", callback.redirect_uri,
               "--audience", RESOURCE, "--json")
     return str(json.loads(out)["client_id"])
 
@@ -232,13 +240,20 @@ def running_idp(home: Path, *, extra_env: dict[str, str] | None = None) -> Itera
     env = {**env_for(settings), "IDP_PORT": str(port), **(extra_env or {})}
     callback = Callback()
     server: ServerProcess | None = None
+    provider: Any = None
     try:
         client_id = _seed(env, callback, settings)
+        from idp.provider import Provider
+
+        provider = Provider.open(settings)
         server = ServerProcess(env, port)
-        yield BrowserIdP(server=server, settings=settings, env=env, client_id=client_id, callback=callback, home=home)
+        yield BrowserIdP(server=server, settings=settings, env=env, client_id=client_id, callback=callback, home=home,
+                         provider=provider)
     finally:
         if server is not None:
             server.stop()
+        if provider is not None:
+            provider.close()
         callback.stop()
 
 
@@ -400,3 +415,47 @@ def axe_violations(page: Any) -> list[dict[str, Any]]:
         "['wcag2a', 'wcag2aa', 'wcag21a', 'wcag21aa', 'wcag22aa']}, resultTypes: ['violations']})")
     return [{"id": v["id"], "impact": v["impact"], "help": v["help"],
              "nodes": [n["html"][:200] for n in v["nodes"]]} for v in result["violations"]]
+
+
+# --------------------------------------------------------------------------------------------
+# What a person does on the pages
+# --------------------------------------------------------------------------------------------
+
+
+def active(page: Any) -> dict[str, str]:
+    """The focused element: tag, id, type, name, value."""
+    result: dict[str, str] = page.evaluate(
+        "(() => { const e = document.activeElement || {}; return {tag: (e.tagName || '').toLowerCase(),"
+        " id: e.id || '', type: e.type || '', name: e.name || '', value: e.value || ''}; })()")
+    return result
+
+
+def login(page: Any, username: str = USERNAME, password: str = PASSWORD) -> None:
+    """Fill the password form by its labels and submit it."""
+    page.get_by_label("Username").fill(username)
+    page.get_by_label("Password").fill(password)
+    page.get_by_role("button", name="Log in").click()
+
+
+def grant_boxes(page: Any) -> dict[str, Any]:
+    """The consent page's checkboxes by the capability each grants."""
+    boxes = page.locator("#consent-form input[type=checkbox][name=grant]")
+    return {boxes.nth(i).get_attribute("value"): boxes.nth(i) for i in range(boxes.count())}
+
+
+def exchange(idp: BrowserIdP, code: str, verifier: str, *, resource: str = RESOURCE) -> dict[str, Any]:
+    """The client's token request for the code (public client: PKCE, no secret)."""
+    import httpx
+
+    r = httpx.post(f"{idp.url}/token", data={
+        "grant_type": "authorization_code", "code": code, "code_verifier": verifier, "client_id": idp.client_id,
+        "redirect_uri": idp.callback.redirect_uri, "resource": resource}, timeout=10)
+    assert r.status_code == 200, r.text
+    body: dict[str, Any] = r.json()
+    return body
+
+
+def wait_callback(idp: BrowserIdP, timeout: float = 10) -> dict[str, str]:
+    assert idp.callback.arrived.wait(timeout), "the client's redirect URI was never reached"
+    assert len(idp.callback.hits) == 1, idp.callback.hits
+    return idp.callback.hits[0]
