@@ -13,7 +13,6 @@ import base64
 import contextlib
 import hashlib
 import html
-import json
 import os
 import secrets
 import threading
@@ -24,7 +23,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlencode, urlsplit
 
-from idp_testing import ServerProcess, env_for, free_port, random_kek, run_cli
+from idp_testing import env_for, free_port, random_kek, run_cli
 
 from idp.config import Settings
 
@@ -162,11 +161,44 @@ class OtherSite(_Server):
 # --------------------------------------------------------------------------------------------
 
 
+class IdPServer:
+    """The IdP's ASGI app (``idp.app.create_app``, what ``idp serve`` runs) under uvicorn on a
+    loopback port, in a thread of the test process.
+
+    Not a subprocess: on the shared 2-core test machine a fresh interpreter importing the IdP
+    took 12 s to answer (against ~1 s here), and a real HTTP server is what the browser needs."""
+
+    def __init__(self, settings: Settings, port: int) -> None:
+        import time
+
+        import uvicorn
+
+        from idp.app import create_app
+
+        self.port = port
+        self.url = f"http://127.0.0.1:{port}"
+        config = uvicorn.Config(create_app(settings, maintenance=False), host="127.0.0.1", port=port,
+                                log_level="warning", lifespan="on", access_log=False)
+        self._server = uvicorn.Server(config)
+        self._thread = threading.Thread(target=self._server.run, name=f"idp-{port}", daemon=True)
+        self._thread.start()
+        deadline = time.monotonic() + 30
+        while not self._server.started:
+            if not self._thread.is_alive() or time.monotonic() > deadline:
+                self.stop()
+                raise RuntimeError("the IdP did not start (see the captured log)")
+            time.sleep(0.02)
+
+    def stop(self) -> None:
+        self._server.should_exit = True
+        self._thread.join(10)
+
+
 @dataclass
 class BrowserIdP:
     """A running ``idp serve`` with what the pages need."""
 
-    server: ServerProcess
+    server: IdPServer
     settings: Settings
     env: dict[str, str]
     client_id: str
@@ -206,28 +238,19 @@ class BrowserIdP:
         return done
 
 
-def _seed(env: dict[str, str], callback: Callback, settings: Settings) -> str:
+def _seed(provider: Any, callback: Callback) -> str:
     """The local user, the resource with its catalogue, the public client; returns its client_id.
 
-    Through the operator's CLI where it has a command (what the README tells an operator to
-    run); the catalogue through the registry, as the SDK middleware's push would store it."""
-    def cli(*args: str, input: str | None = None) -> str:
-        done = run_cli(*args, env=env, input=input)
-        assert done.returncode == 0, f"idp {' '.join(args)} failed:\n{done.stdout}\n{done.stderr}"
-        return done.stdout
-
-    cli("users", "add", USERNAME, "--password-stdin", input=PASSWORD + "\n")
-    cli("resources", "add", RESOURCE, "--name", RESOURCE_NAME)
-    from idp.provider import Provider
-
-    prov = Provider.open(settings)
-    try:
-        prov.resources.set_catalogue(RESOURCE, CATALOGUE, actor="test")
-    finally:
-        prov.close()
-    out = cli("clients", "add", "docs-desktop", "--public", "--redirect-uri", callback.redirect_uri,
-              "--audience", RESOURCE, "--json")
-    return str(json.loads(out)["client_id"])
+    Through the registries the CLI commands call (``idp users add``, ``idp resources add``,
+    ``idp clients add --public --redirect-uri``; the README walkthrough runs those): one process
+    instead of three CLI start-ups. The catalogue as the resource's catalogue pull stores it."""
+    provider.users.add(USERNAME, PASSWORD)
+    if provider.resources.get(RESOURCE) is None:
+        provider.resources.add(RESOURCE, name=RESOURCE_NAME, actor="test")
+    provider.resources.set_catalogue(RESOURCE, CATALOGUE, actor="test")
+    client, _ = provider.clients.add("docs-desktop", capabilities="", audiences=[RESOURCE], auth_method="none",
+                                     redirect_uris=[callback.redirect_uri])
+    return str(client.client_id)
 
 
 @contextlib.contextmanager
@@ -239,14 +262,14 @@ def running_idp(home: Path, *, extra_env: dict[str, str] | None = None) -> Itera
                         keys_dir=home / "keys", keystore_kek=random_kek(), port=port)
     env = {**env_for(settings), "IDP_PORT": str(port), **(extra_env or {})}
     callback = Callback()
-    server: ServerProcess | None = None
+    server: IdPServer | None = None
     provider: Any = None
     try:
-        client_id = _seed(env, callback, settings)
         from idp.provider import Provider
 
         provider = Provider.open(settings)
-        server = ServerProcess(env, port)
+        client_id = _seed(provider, callback)
+        server = IdPServer(settings, port)
         yield BrowserIdP(server=server, settings=settings, env=env, client_id=client_id, callback=callback, home=home,
                          provider=provider)
     finally:
@@ -292,14 +315,13 @@ document.addEventListener('securitypolicyviolation', e => window.__cspViolations
 
 
 def watch_context(context: Any, allowed_hosts: tuple[str, ...] = ("127.0.0.1", "localhost")) -> Watch:
-    """Log every request of ``context``; abort any that would leave the machine."""
+    """Log every request of ``context`` (redirects too); abort any that would leave the machine."""
     seen = Watch()
+    context.on("request", lambda req: seen.requests.append((req.method, req.url, req.resource_type)))
 
-    def route(r: Any) -> None:
-        req = r.request
-        seen.requests.append((req.method, req.url, req.resource_type))
-        host = urlsplit(req.url).hostname or ""
-        if req.url.startswith(("data:", "blob:")) or host in allowed_hosts:
+    def route(r: Any) -> None:  # sees the first request of a redirect chain only: logging is above
+        host = urlsplit(r.request.url).hostname or ""
+        if r.request.url.startswith(("data:", "blob:")) or host in allowed_hosts:
             r.continue_()
         else:
             r.abort()
@@ -455,7 +477,14 @@ def exchange(idp: BrowserIdP, code: str, verifier: str, *, resource: str = RESOU
     return body
 
 
-def wait_callback(idp: BrowserIdP, timeout: float = 10) -> dict[str, str]:
-    assert idp.callback.arrived.wait(timeout), "the client's redirect URI was never reached"
+def wait_callback(page: Any, idp: BrowserIdP, timeout: float = 15) -> dict[str, str]:
+    """What reached the client's redirect URI. Waits through Playwright (not by blocking the
+    thread), so that the browser's events, route handlers included, keep being served."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while not idp.callback.arrived.is_set():
+        assert time.monotonic() < deadline, f"the client's redirect URI was never reached (page at {page.url})"
+        page.wait_for_timeout(50)
     assert len(idp.callback.hits) == 1, idp.callback.hits
     return idp.callback.hits[0]

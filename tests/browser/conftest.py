@@ -37,13 +37,13 @@ def browser() -> Iterator[Any]:
             b.close()
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def idp(tmp_path_factory: pytest.TempPathFactory) -> Iterator[BrowserIdP]:
     with running_idp(tmp_path_factory.mktemp("browser-idp")) as running:
         yield running
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def other_site() -> Iterator[OtherSite]:
     site = OtherSite()
     try:

@@ -48,7 +48,6 @@ def test_csp_violations_and_foreign_requests_are_seen(bare_page: Any, other_site
     assert page.title() != "ran"  # the inline script was blocked...
     assert watch.csp_messages(), watch.console  # ...and the console said so
     assert page.evaluate("window.__cspViolations.length") >= 1
-    assert watch.foreign(other_site.origin) == []  # the CSP stopped the image before any request
     page.goto(other_site.put("/open", '<!doctype html><img src="https://cdn.example.invalid/x.png">'))
     page.wait_for_timeout(200)
     assert watch.foreign(other_site.origin) == ["GET https://cdn.example.invalid/x.png"]  # logged, and aborted

@@ -45,7 +45,7 @@ def test_keyboard_only_login_and_consent(page: Any, idp: BrowserIdP) -> None:
     assert set(boxes) == {READ, DELETE, SEARCH}
     assert boxes[READ].is_checked() and boxes[SEARCH].is_checked()
     assert not boxes[DELETE].is_checked()
-    destructive_item = page.locator("li.cap", has=boxes[DELETE])
+    destructive_item = page.locator("li.cap").filter(has=page.locator(f'input[value="{DELETE}"]'))
     assert "destructive" in destructive_item.inner_text().lower()
 
     # Untick `search` with the keyboard (Tab to it, Space), then Tab to "Allow selected", Enter.
@@ -55,7 +55,7 @@ def test_keyboard_only_login_and_consent(page: Any, idp: BrowserIdP) -> None:
     tab_to(page, "el => el.id === 'approve'")
     page.keyboard.press("Enter")
 
-    got = wait_callback(idp)
+    got = wait_callback(page, idp)
     assert got["state"] == secrets["state"]
     assert got["iss"] == idp.url  # RFC 9207
     assert got.get("code") and "error" not in got
@@ -71,7 +71,7 @@ def test_step_up_asks_only_for_the_new_capability(page: Any, idp: BrowserIdP) ->
     login(page, idp.person())
     assert set(grant_boxes(page)) == {READ}
     page.get_by_role("button", name="Allow selected").click()
-    wait_callback(idp)
+    wait_callback(page, idp)
     idp.callback.clear()
 
     # Same person, same client: now it also wants the destructive tool.
@@ -83,7 +83,7 @@ def test_step_up_asks_only_for_the_new_capability(page: Any, idp: BrowserIdP) ->
     assert READ in page.locator("#covered").inner_text()  # shown as already allowed
     boxes[DELETE].check()
     page.get_by_role("button", name="Allow selected").click()
-    got = wait_callback(idp)
+    got = wait_callback(page, idp)
     assert got["state"] == secrets["state"]
     assert sorted(exchange(idp, got["code"], secrets["verifier"])["scope"].split()) == sorted([READ, DELETE])
 
@@ -93,7 +93,7 @@ def test_leaving_the_destructive_tool_unticked_grants_the_rest(page: Any, idp: B
     page.goto(url)
     login(page, idp.person())
     page.get_by_role("button", name="Allow selected").click()  # defaults untouched
-    got = wait_callback(idp)
+    got = wait_callback(page, idp)
     assert exchange(idp, got["code"], secrets["verifier"])["scope"].split() == [READ]
 
 
@@ -102,6 +102,6 @@ def test_deny_returns_access_denied_to_the_client(page: Any, idp: BrowserIdP) ->
     page.goto(url)
     login(page, idp.person())
     page.get_by_role("button", name="Deny").click()
-    got = wait_callback(idp)
+    got = wait_callback(page, idp)
     assert got["error"] == "access_denied" and "code" not in got
     assert got["state"] == secrets["state"] and got["iss"] == idp.url
