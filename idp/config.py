@@ -88,6 +88,7 @@ class Settings(BaseSettings):
         5, ge=0, le=1_000_000, description="Failed logins per local account per window before 429; 0 = no limit.")
     login_fail_address: int = Field(
         50, ge=0, le=1_000_000, description="Failed logins per remote address per window before 429; 0 = no limit.")
+
     # --- authorization code flow (docs/authorization.md) ---
     authorization_code_ttl: int = Field(60, ge=10, le=600, description="Authorization code lifetime, seconds.")
     refresh_token_ttl: int = Field(

@@ -49,7 +49,8 @@ def needs_login(req: AuthorizationRequest, session: WebSession | None, interacti
         return False  # logged in for this very request: prompt=login and max_age are satisfied
     if req.prompt & _FRESH_LOGIN:
         return True
-    return req.max_age is not None and clock.now() - (session.auth_time or 0) > req.max_age
+    # ">=": max_age=0 means a fresh login (times are whole seconds, a login a moment ago is 0 s old)
+    return req.max_age is not None and clock.now() - (session.auth_time or 0) >= req.max_age
 
 
 def start(request: Request, stores: Provider, req: AuthorizationRequest) -> Response:

@@ -169,9 +169,11 @@ def clear_cookie(response: Response, settings: Settings) -> None:
 async def complete_login(request: Request, stores: Provider, interaction_id: str, subject: Subject, *,
                          method: str) -> Response:
     """A login method proved who the person is: start a fresh session for ``subject`` (a new id;
-    the old session or pre-session is deleted), then continue the interaction — consent, or the
-    redirect with the code. Called by the password page and by federation's callback."""
+    the old session or pre-session is deleted), then continue the interaction (a 303 to
+    ``/interaction/{id}``: consent, or the redirect with the code). Called by the password page
+    and by federation's callback."""
     from . import flow
+    from .pages import redirect
 
     settings = stores.settings
 
@@ -190,12 +192,9 @@ async def complete_login(request: Request, stores: Provider, interaction_id: str
             tx.record(audit.Record("session.login", subject.id, data={
                 "session": session.sid, "subject": subject.id, "method": method,
                 "client": interaction.request.get("client_id")}))
-        if data is None:
-            response = flow.expired_page(request, stores)
-        else:
-            fresh = type(interaction)(interaction.id, interaction.request, data, interaction.created_at,
-                                      interaction.expires_at)
-            response = flow.continue_interaction(request, stores, fresh, session)
+        # Post/redirect/get: the next step (consent, or the redirect to the client) is a GET of the
+        # interaction, so reloading a page never re-sends a password.
+        response = flow.expired_page(request, stores) if data is None else redirect(f"/interaction/{interaction_id}")
         set_cookie(response, settings, value, session)
         return response
 

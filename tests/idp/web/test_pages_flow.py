@@ -29,6 +29,10 @@ from .flows import (
 )
 
 
+def granted(provider: Provider, redirect: dict[str, str]) -> set[str]:
+    return set(granted_scope(provider, redirect["code"]).split())
+
+
 def consent_events(provider: Provider) -> list[dict[str, Any]]:
     return [r for r in audit.tail(provider.engine, limit=200) if r["event"].startswith("consent.")]
 
@@ -56,7 +60,7 @@ def test_login_consent_code_redirect(web_provider: Provider, browser: Any, clien
     resp = submit_consent(browser, consent)
     got = redirect_params(resp)
     assert got["state"] == params["state"] and got["iss"] == ISSUER and "code" in got
-    assert granted_scope(web_provider, got["code"]) == "tools/call:git-status prompts/get:summarize"
+    assert granted(web_provider, got) == set("tools/call:git-status prompts/get:summarize".split())
     [event] = consent_events(web_provider)
     assert event["event"] == "consent.granted" and event["client_id"] == client_id
     data = event["data"]
@@ -74,7 +78,7 @@ def test_remembered_consent_skips_the_page(web_provider: Provider, browser: Any,
         before = conn.execute(sa.text("SELECT count(*) FROM interactions")).scalar_one()
     resp = browser.get("/authorize?" + urlencode(authorize_params(client_id, "tools/call:git-status")))
     got = redirect_params(resp)
-    assert granted_scope(web_provider, got["code"]) == "tools/call:git-status"
+    assert granted(web_provider, got) == set("tools/call:git-status".split())
     with web_provider.engine.connect() as conn:
         assert conn.execute(sa.text("SELECT count(*) FROM interactions")).scalar_one() == before
     # prompt=consent asks anyway
@@ -89,7 +93,7 @@ def test_step_up_asks_only_for_the_new_capabilities(web_provider: Provider, brow
     assert consent.offered == {"prompts/get:summarize": True}
     assert 'id="covered"' in page.text and "tools/call:git-status" in page.text
     got = redirect_params(submit_consent(browser, consent))
-    assert granted_scope(web_provider, got["code"]) == "tools/call:git-status prompts/get:summarize"
+    assert granted(web_provider, got) == set("tools/call:git-status prompts/get:summarize".split())
     remembered = web_provider.consents.get(consent_events(web_provider)[0]["data"]["subject"], client_id, AUDIENCE)
     assert remembered == CapabilitySet.parse("tools/call:git-status prompts/get:summarize")  # the union
 
@@ -100,7 +104,7 @@ def test_pattern_expands_destructive_tools_unticked(web_provider: Provider, brow
     assert consent.offered == {"tools/call:git-status": True, "tools/call:git-log": True, "tools/call:git-push": False}
     assert "destructive" in consent.page and "Update remote refs" in consent.page
     got = redirect_params(submit_consent(browser, consent))  # as ticked by default
-    assert granted_scope(web_provider, got["code"]) == "tools/call:git-status tools/call:git-log"
+    assert granted(web_provider, got) == set("tools/call:git-status tools/call:git-log".split())
     [event] = consent_events(web_provider)
     assert event["data"]["refused"] == ["tools/call:git-push"]
     # the same request again asks only for git-push, still unticked
@@ -117,15 +121,15 @@ def test_remembered_pattern_does_not_cover_a_destructive_tool(web_provider: Prov
     redirect_params(submit_consent(browser, consent_form(page)))
     # a remembered tools/call:* covers read-only tools silently ...
     got = redirect_params(browser.get("/authorize?" + urlencode(authorize_params(client_id, "tools/call:search"))))
-    assert granted_scope(web_provider, got["code"]) == "tools/call:search"
+    assert granted(web_provider, got) == set("tools/call:search".split())
     # ... but never a destructive one: deploy (no annotations) and git-push are asked for, unticked
     consent = consent_form(authorize(browser, client_id, "tools/call:deploy tools/call:git-push tools/call:git-log"))
     assert consent.offered == {"tools/call:deploy": False, "tools/call:git-push": False}
     # an explicit approval of exactly deploy is remembered and then covers it
     got = redirect_params(submit_consent(browser, consent, grant=["tools/call:deploy"]))
-    assert granted_scope(web_provider, got["code"]) == "tools/call:deploy tools/call:git-log"
+    assert granted(web_provider, got) == set("tools/call:deploy tools/call:git-log".split())
     got = redirect_params(browser.get("/authorize?" + urlencode(authorize_params(client_id, "tools/call:deploy"))))
-    assert granted_scope(web_provider, got["code"]) == "tools/call:deploy"
+    assert granted(web_provider, got) == set("tools/call:deploy".split())
     # an unlisted tool counts as destructive too
     consent = consent_form(authorize(browser, client_id, "tools/call:unknown-tool"))
     assert consent.offered == {"tools/call:unknown-tool": False} and "not listed by the server" in consent.page
@@ -137,7 +141,7 @@ def test_partial_approval_grants_only_what_is_ticked(web_provider: Provider, bro
     assert set(consent.offered) == {"tools/call:git-status", "tools/call:git-log", "resources/read:file:///docs/**"}
     assert "Read me" in consent.page  # the resource pattern lists what it matches
     got = redirect_params(submit_consent(browser, consent, grant=["tools/call:git-log"]))
-    assert granted_scope(web_provider, got["code"]) == "tools/call:git-log"
+    assert granted(web_provider, got) == set("tools/call:git-log".split())
     data = consent_events(web_provider)[0]["data"]
     assert data["granted"] == "tools/call:git-log"
     assert data["refused"] == ["tools/call:git-status", "resources/read:file:///docs/**"]
@@ -184,7 +188,7 @@ def test_policy_denials_are_shown_not_grantable(web_provider: Provider, browser:
     assert consent.offered == {"tools/call:git-status": True}
     assert 'id="denied"' in page.text and "tools/call:deploy" in page.text
     got = redirect_params(submit_consent(browser, consent, grant=["tools/call:git-status"]))
-    assert granted_scope(web_provider, got["code"]) == "tools/call:git-status"
+    assert granted(web_provider, got) == set("tools/call:git-status".split())
     assert consent_events(web_provider)[0]["data"]["denied_by_policy"] == ["tools/call:deploy"]
     # everything denied: access_denied without a page
     resp = browser.get("/authorize?" + urlencode(authorize_params(client_id, "tools/call:deploy")))
@@ -217,7 +221,7 @@ def test_prompt_none_and_login_and_max_age(web_provider: Provider, browser: Any,
     for extra in ({"prompt": "login"}, {"max_age": "0"}):
         page = authorize(browser, client_id, "tools/call:git-status", **extra)
         assert "<h1>Log in</h1>" in page.text
-        assert "code" in redirect_params(login(browser, page))
+        assert "code" in redirect_params(follow(browser, login(browser, page)))
 
 
 def test_post_authorize_continues_on_a_get(web_provider: Provider, browser: Any, client_id: str) -> None:
@@ -264,7 +268,7 @@ def test_chooser_lists_every_login_method(web_provider: Provider, browser: Any, 
         assert "Username and password" in page.text and "Corp SSO" in page.text
         assert "/login/upstream/corp?interaction=" in page.text
         assert_security_headers(page)
-        password = browser.get(page.text.split('href="')[1].split('"')[0].replace("&amp;", "&"))
+        password = browser.get(page.text.split('class="method" href="')[1].split('"')[0].replace("&amp;", "&"))
         assert 'id="other-methods"' in password.text
     finally:
         login_methods._sources.remove(source)
