@@ -14,7 +14,7 @@ export PIP_DISABLE_PIP_VERSION_CHECK := 1
 # the TypeScript client and a third-party stdio server come from npm (versions pinned by lockfiles).
 MCP1_VENV := .venv-mcp1
 MCP1_STAMP := $(MCP1_VENV)/.installed-mcp1
-NPM_DIRS := tests/interop/ts tests/gateway/npm tests/conformance tests/browser/npm
+NPM_DIRS := tests/interop/ts tests/gateway/npm tests/conformance tests/idp/upstream_oidc tests/browser/npm
 NPM_STAMPS := $(foreach d,$(NPM_DIRS),$(d)/node_modules/.package-lock.json)
 
 .PHONY: run test bench install install-dev system-deps interop-deps clean

@@ -22,6 +22,7 @@ from starlette.middleware.cors import CORSMiddleware
 
 from . import __version__, blocking, clock, logs
 from .config import Settings
+from .federation import routes as federation_routes
 from .oauth2 import introspection, metadata, revocation, token_endpoint, userinfo
 from .oauth2.errors import InvalidRequest, OAuthError, OAuthResponse, ServerBusy
 from .oauth2.forms import Form, parse_form
@@ -232,6 +233,7 @@ def create_app(settings: Settings | None = None, provider: Provider | None = Non
 
     app.state.provider_getter = prov
     app.include_router(web_router)
+    app.include_router(federation_routes.router(prov))  # federated login (docs/federation.md)
 
     @app.get("/healthz", tags=["ops"])
     async def healthz() -> Response:

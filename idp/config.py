@@ -76,6 +76,13 @@ class Settings(BaseSettings):
         64, ge=0, description="Open connections per client address and worker process; 0 = no limit."
     )
 
+    # --- federation (docs/federation.md) ---
+    federation_discovery_ttl: int = Field(
+        3600, ge=0, le=86400, description="How long an upstream's discovery document is cached, seconds.")
+    federation_timeout: float = Field(
+        10.0, ge=0.5, le=120, description="Longest wait for an upstream OpenID provider (discovery, token, JWKS), s.")
+    federation_login_ttl: int = Field(
+        600, ge=30, le=3600, description="How long a person may take to log in at an upstream, seconds.")
     # --- web pages: sessions, local-account login, interactions (idp/web; docs/authorization.md) ---
     session_idle_ttl: int = Field(
         3600, ge=60, le=30 * 86400, description="A browser session at the IdP ends after this long unused, seconds.")

@@ -35,6 +35,9 @@ if TYPE_CHECKING:
     from .web.interactions import Interactions
     from .web.session import WebSessions
 
+if TYPE_CHECKING:
+    from .federation.upstreams import UpstreamRegistry
+
 
 @dataclass(frozen=True, slots=True)
 class GroupCommittedLog:
@@ -120,6 +123,12 @@ class Provider:
             authorization_codes=AuthorizationCodes(engine, settings, families),
         )
 
+    @cached_property
+    def federation(self) -> UpstreamRegistry:
+        """The upstream OpenID providers people may log in at (docs/federation.md)."""
+        from .federation.upstreams import UpstreamRegistry
+
+        return UpstreamRegistry(self.engine, self.keystore)
     # --- web pages (idp/web): people, their sessions, consent; built on first use ---
     @cached_property
     def users(self) -> Users:
