@@ -488,3 +488,73 @@ def wait_callback(page: Any, idp: BrowserIdP, timeout: float = 15) -> dict[str, 
         page.wait_for_timeout(50)
     assert len(idp.callback.hits) == 1, idp.callback.hits
     return idp.callback.hits[0]
+
+
+#: Every visible element with text of its own, and the contrast of that text (CONTRAST_JS).
+TEXT_CONTRAST_JS = """
+() => {
+  const contrast = (__CONTRAST__);
+  const out = [];
+  for (const el of document.querySelectorAll('body *')) {
+    const own = [...el.childNodes].filter(n => n.nodeType === 3).map(n => n.textContent).join('').trim();
+    if (!own || !el.getClientRects().length || getComputedStyle(el).visibility === 'hidden') continue;
+    const r = contrast(el);
+    const size = parseFloat(r.fontSize), bold = parseInt(r.fontWeight) >= 700;
+    // WCAG 1.4.3: large text (24px, or 18.66px bold) needs 3:1, the rest 4.5:1
+    out.push({tag: el.tagName.toLowerCase(), cls: el.className, text: own.slice(0, 40), ratio: r.ratio,
+              needed: (size >= 24 || (bold && size >= 18.66)) ? 3 : 4.5, color: r.color});
+  }
+  return out;
+}
+""".replace("__CONTRAST__", CONTRAST_JS.strip())
+
+
+def low_contrast_text(page: Any) -> list[dict[str, Any]]:
+    """Text on the page below the WCAG AA contrast ratio."""
+    found: list[dict[str, Any]] = page.evaluate(TEXT_CONTRAST_JS)
+    assert found, "no text found on the page"
+    return [t for t in found if t["ratio"] < t["needed"]]
+
+
+#: The focus indicator of the focused element: its outline (or box-shadow) and the contrast of
+#: the outline's colour against what is behind the element (WCAG 1.4.11: 3:1 for UI states).
+FOCUS_JS = """
+() => {
+  const contrast = (__CONTRAST__);
+  const el = document.activeElement;
+  if (!el || el === document.body) return null;
+  const s = getComputedStyle(el);
+  const probe = document.createElement('span');
+  probe.style.color = s.outlineColor;
+  (el.parentElement || document.body).appendChild(probe);
+  const ring = contrast(probe);
+  probe.remove();
+  return {tag: el.tagName.toLowerCase(), id: el.id, value: el.value || '', text: (el.innerText || '').slice(0, 40),
+          focusVisible: el.matches(':focus-visible'), outlineStyle: s.outlineStyle,
+          outlineWidth: parseFloat(s.outlineWidth), boxShadow: s.boxShadow, ringContrast: ring.ratio};
+}
+""".replace("__CONTRAST__", CONTRAST_JS.strip())
+
+
+def focus_ring(page: Any) -> dict[str, Any] | None:
+    found: dict[str, Any] | None = page.evaluate(FOCUS_JS)
+    return found
+
+
+def tab_cycle(page: Any, limit: int = 40) -> list[dict[str, Any]]:
+    """Tab from the top of the page through every focusable element, once; each one's focus ring."""
+    page.mouse.click(1, 1)  # the top left corner (no control there): Tab starts from the top
+    page.evaluate("document.activeElement && document.activeElement.blur()")
+    rings: list[dict[str, Any]] = []
+    seen: set[tuple[str, str, str]] = set()
+    for _ in range(limit):
+        page.keyboard.press("Tab")
+        ring = focus_ring(page)
+        if ring is None:
+            break
+        key = (ring["tag"], ring["id"], ring["value"] + ring["text"])
+        if key in seen:
+            break
+        seen.add(key)
+        rings.append(ring)
+    return rings
