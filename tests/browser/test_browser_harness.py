@@ -50,7 +50,7 @@ def test_csp_violations_and_foreign_requests_are_seen(bare_page: Any, other_site
     assert page.evaluate("window.__cspViolations.length") >= 1
     page.goto(other_site.put("/open", '<!doctype html><img src="https://cdn.example.invalid/x.png">'))
     page.wait_for_timeout(200)
-    assert watch.foreign(other_site.origin) == ["GET https://cdn.example.invalid/x.png"]  # logged, and aborted
+    assert "GET https://cdn.example.invalid/x.png" in watch.foreign(other_site.origin)  # logged (and aborted)
 
 
 def test_unlabelled_inputs_have_no_accessible_name(bare_page: Any, other_site: OtherSite) -> None:

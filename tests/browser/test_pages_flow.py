@@ -88,15 +88,6 @@ def test_step_up_asks_only_for_the_new_capability(page: Any, idp: BrowserIdP) ->
     assert sorted(exchange(idp, got["code"], secrets["verifier"])["scope"].split()) == sorted([READ, DELETE])
 
 
-def test_leaving_the_destructive_tool_unticked_grants_the_rest(page: Any, idp: BrowserIdP) -> None:
-    url, secrets = idp.authorize_url(scope=f"{READ} {DELETE}")
-    page.goto(url)
-    login(page, idp.person())
-    page.get_by_role("button", name="Allow selected").click()  # defaults untouched
-    got = wait_callback(page, idp)
-    assert exchange(idp, got["code"], secrets["verifier"])["scope"].split() == [READ]
-
-
 def test_deny_returns_access_denied_to_the_client(page: Any, idp: BrowserIdP) -> None:
     url, secrets = idp.authorize_url(scope=f"{READ} {DELETE}")
     page.goto(url)
