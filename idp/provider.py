@@ -83,6 +83,8 @@ class Provider:
 
     @classmethod
     def open(cls, settings: Settings, *, migrate: bool = True, initial_key: bool = True) -> Provider:
+        # First: a broken policy folder refuses to start (PolicyError, one message naming file:line).
+        policy = Policy(settings.policy_dir, reload_interval=settings.policy_reload)
         engine = db.create_db_engine(settings.database_url, sqlite_synchronous=settings.sqlite_synchronous)
         if migrate:
             db.upgrade(engine)
@@ -97,6 +99,8 @@ class Provider:
         issuer = settings.issuer
         clients = ClientRegistry(engine)
         families = TokenFamilies(engine, settings)
+        resources = ResourceRegistry(engine)
+        policy.resources = resources  # the catalogue tells policies which tools are destructive
         return cls(
             settings=settings,
             engine=engine,
@@ -116,8 +120,8 @@ class Provider:
                 window=settings.auth_fail_window,
                 audit_limit=settings.auth_fail_audits,
             ),
-            resources=ResourceRegistry(engine),
-            policy=Policy(),
+            resources=resources,
+            policy=policy,
             client_resolver=RegisteredClients(clients),
             token_families=families,
             authorization_codes=AuthorizationCodes(engine, settings, families),
@@ -191,6 +195,10 @@ class Provider:
         self.interactions.prune()
         self.authorization_codes.prune()
         self.token_families.prune()
+        if self.settings.catalogue_max_age:
+            from .catalogue import refresh_stale  # imports the MCP client only when used
+
+            events.extend(refresh_stale(self, self.settings.catalogue_max_age))
         return events
 
     def close(self) -> None:

@@ -22,6 +22,8 @@ from . import (
     federation_cmd,
     grants_cmd,
     keys_cmd,
+    policy_cmd,
+    resources_cmd,
     serve_cmd,
     tokens_cmd,
     users_cmd,
@@ -58,6 +60,8 @@ app.add_typer(db_cmd.app, name="db")
 app.add_typer(federation_cmd.app, name="federation")
 app.add_typer(users_cmd.app, name="users")
 app.add_typer(grants_cmd.app, name="grants")
+app.add_typer(policy_cmd.app, name="policy")
+app.add_typer(resources_cmd.app, name="resources")
 
 
 def main() -> None:

@@ -34,6 +34,7 @@ EVENTS = (*EVENTS, *CODE_FLOW_EVENTS)
 PAGES_EVENTS = ("user.added", "user.password_changed", "user.removed", "session.login", "session.logout",
                 "login.failed", "login.throttled", "consent.granted", "consent.denied", "consent.revoked")
 EVENTS = (*EVENTS, *PAGES_EVENTS)
+EVENTS += ("resource.registered", "resource.updated", "resource.removed", "resource.catalogue_updated")
 
 
 def _pattern(event: str) -> re.Pattern[str]:
