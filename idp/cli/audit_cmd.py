@@ -35,6 +35,11 @@ PAGES_EVENTS = ("user.added", "user.password_changed", "user.removed", "session.
                 "login.failed", "login.throttled", "consent.granted", "consent.denied", "consent.revoked")
 EVENTS = (*EVENTS, *PAGES_EVENTS)
 EVENTS += ("resource.registered", "resource.updated", "resource.removed", "resource.catalogue_updated")
+# --- federated login (docs/federation.md) ---
+FEDERATION_EVENTS = ("federation.upstream_added", "federation.upstream_enabled", "federation.upstream_disabled",
+                     "federation.upstream_removed", "federation.identity_linked", "federation.login",
+                     "federation.login_refused")
+EVENTS = (*EVENTS, *FEDERATION_EVENTS)
 
 
 def _pattern(event: str) -> re.Pattern[str]:

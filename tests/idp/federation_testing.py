@@ -257,6 +257,7 @@ class AttackerUpstream:
     token_delay: float = 0.0  # seconds the token endpoint stalls (an upstream timeout)
     token_answer: tuple[int, bytes] | None = None  # a raw answer of the token endpoint instead of tokens
     userinfo_sub: str = "mallory"
+    discovery_delay: float = 0.0
     codes: dict[str, dict[str, str]] = field(default_factory=dict)
     token_requests: list[dict[str, list[str]]] = field(default_factory=list)
     jwks_fetches: int = 0
@@ -274,11 +275,13 @@ class AttackerUpstream:
                 self.send_header("Content-Type", "application/json")
                 self.send_header("Content-Length", str(len(data)))
                 self.end_headers()
-                self.wfile.write(data)
+                with contextlib.suppress(BrokenPipeError, ConnectionResetError):  # the IdP gave up waiting
+                    self.wfile.write(data)
 
             def do_GET(self) -> None:
                 parts = urlsplit(self.path)
                 if parts.path == "/.well-known/openid-configuration":
+                    time.sleep(attacker.discovery_delay)
                     self._json(attacker.discovery())
                 elif parts.path == "/jwks":
                     attacker.jwks_fetches += 1

@@ -84,10 +84,18 @@ def _set(**changes: Any) -> Forge:
     return forge
 
 
+def assert_logged_in(done: httpx.Response, http: httpx.Client | None = None) -> None:
+    """The callback handed over to the pages: the person is logged in and sees the consent page
+    (after the pages' redirect back to the interaction, when the client does not follow it)."""
+    if http is not None and done.status_code == 303 and done.headers["location"].startswith("/interaction/"):
+        done = http.get(done.url.join(done.headers["location"]))
+    assert done.status_code == 200 and 'action="/consent"' in done.text, done.text[:400]
+
+
 def test_a_good_token_from_the_attacker_server_logs_in(idp: IdP, attacker: AttackerUpstream) -> None:
     """The control: the attacker server's unforged answer passes, so each refusal below is its forgery."""
     done, _ = run_login(idp, attacker)
-    assert done.status_code != 400, done.text[:400]
+    assert_logged_in(done)
     [identity] = [i for i in idp.identities() if i["issuer"] == attacker.issuer]
     assert identity["upstream_subject"] == "mallory" and identity["claims"]["groups"] == ["admins"]
     [request] = attacker.token_requests
@@ -159,7 +167,7 @@ def test_a_rotated_upstream_key_is_picked_up(idp: IdP, attacker: AttackerUpstrea
     attacker.key = RSAKey.generate_key(2048, parameters={"kid": "next"})
     attacker.forge = lambda claims, header: attacker.sign(claims, {**header, "kid": "next"})
     done, _ = run_login(idp, attacker)
-    assert done.status_code != 400, done.text[:400]
+    assert_logged_in(done)
 
 
 def test_alg_none_is_refused(idp: IdP, attacker: AttackerUpstream) -> None:
@@ -264,16 +272,14 @@ def test_state_mismatch_is_refused(idp: IdP, attacker: AttackerUpstream) -> None
     reasons = refused_reasons(idp, attacker.name)[-5:]  # type: ignore[attr-defined]
     assert reasons == ["state_mismatch"] * 2 + ["missing_state"] * 3
     # The right state still works afterwards: guesses do not burn the login.
-    done = http.get(url)
-    assert done.status_code != 400, done.text[:300]
+    assert_logged_in(http.get(url), http)
     assert not attacker.codes and len(attacker.token_requests) == 1
 
 
 def test_replayed_callback_is_refused(idp: IdP, attacker: AttackerUpstream) -> None:
     http = httpx.Client(timeout=30)
     url, _ = _callback_url(idp, attacker, http)
-    first = http.get(url)
-    assert first.status_code != 400, first.text[:300]
+    assert_logged_in(http.get(url), http)
     again = http.get(url)
     assert_refused_replay = again.status_code == 400 and "does not belong" in again.text
     assert assert_refused_replay, again.text[:300]
@@ -364,11 +370,34 @@ def test_replay_and_other_browser_against_node_oidc_provider(idp: IdP) -> None:
         assert back is not None and back.params["iss"] == up.issuer
         assert httpx.get(back).status_code == 400  # no binding cookie: another browser
         assert refused_reasons(idp, "real")[-1] == "browser_mismatch"
-        first = http.get(back)
-        assert first.status_code != 400, first.text[:300]
+        assert_logged_in(http.get(back), http)
         replay = http.get(back)
         assert replay.status_code == 400 and refused_reasons(idp, "real")[-1] == "state_mismatch"
         assert [i["upstream_subject"] for i in idp.identities() if i["issuer"] == up.issuer] == ["alice"]
     finally:
         up.stop()
 
+
+
+def test_concurrent_callbacks_with_one_state_redeem_the_code_once(idp: IdP, attacker: AttackerUpstream) -> None:
+    import concurrent.futures
+
+    http = httpx.Client(timeout=30)
+    url, _ = _callback_url(idp, attacker, http)
+    cookies = dict(http.cookies)
+
+    def hit(_: int) -> int:
+        with httpx.Client(timeout=30, cookies=cookies) as c:
+            return c.get(url).status_code
+
+    with concurrent.futures.ThreadPoolExecutor(4) as pool:
+        codes = sorted(pool.map(hit, range(4)))
+    assert codes == [303, 400, 400, 400], codes  # one hand-over to the pages (303 to the interaction)
+    assert len(attacker.token_requests) == 1
+
+
+def test_slow_discovery_is_a_clean_page(idp: IdP, attacker: AttackerUpstream) -> None:
+    attacker.discovery_delay = 4  # IDP_FEDERATION_TIMEOUT is 2
+    done, _ = run_login(idp, attacker)
+    assert_refused(idp, attacker, done, "upstream_unavailable", status=504)
+    assert not attacker.codes
