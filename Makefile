@@ -14,10 +14,10 @@ export PIP_DISABLE_PIP_VERSION_CHECK := 1
 # the TypeScript client and a third-party stdio server come from npm (versions pinned by lockfiles).
 MCP1_VENV := .venv-mcp1
 MCP1_STAMP := $(MCP1_VENV)/.installed-mcp1
-NPM_DIRS := tests/interop/ts tests/gateway/npm tests/conformance tests/idp/upstream_oidc
+NPM_DIRS := tests/interop/ts tests/gateway/npm tests/conformance tests/idp/upstream_oidc tests/browser/npm
 NPM_STAMPS := $(foreach d,$(NPM_DIRS),$(d)/node_modules/.package-lock.json)
 
-.PHONY: run test bench install install-dev system-deps interop-deps clean
+.PHONY: run test bench install install-dev system-deps interop-deps screenshots clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -74,6 +74,10 @@ bench: $(BENCH_STAMP)
 	$(BIN)/python bench/run.py
 	$(BIN)/python bench/sdk_verify.py
 	$(BIN)/python bench/mcp_overhead.py
+
+## make screenshots: regenerate docs/screenshots/ (the IdP's pages in the system Chromium)
+screenshots: install-dev system-deps
+	PYTHONPATH=. $(BIN)/python tests/browser/screenshots.py
 
 clean:
 	rm -rf $(VENV) $(MCP1_VENV) .pytest_cache .hypothesis $(foreach d,$(NPM_DIRS),$(d)/node_modules)
