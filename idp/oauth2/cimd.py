@@ -36,8 +36,9 @@ class ClientDocumentError(InvalidClient):
 
 
 def is_document_url(client_id: str) -> bool:
-    """Whether a client_id is meant as a metadata document URL (then it must be a valid one)."""
-    return client_id[:8].lower() == "https://"
+    """Whether a client_id is meant as a metadata document URL (then it must be a valid one:
+    an ``http://`` id is refused as such, with the reason, rather than as an unknown client)."""
+    return client_id[:8].lower() == "https://" or client_id[:7].lower() == "http://"
 
 
 def check_url(client_id: str) -> str:

@@ -166,8 +166,8 @@ def validate(doc: Any, *, auth_methods: tuple[str, ...] = DYNAMIC_AUTH_METHODS) 
     # native apps (the Python SDK's DCR request omits it), so absent means "none" here.
     if not isinstance(method, str) or method not in auth_methods:
         raise InvalidClientMetadata(f"token_endpoint_auth_method must be one of {', '.join(auth_methods)}")
-    app_type = doc.get("application_type", "native" if all(
-        is_loopback_redirect(u) or not u.startswith("https:") for u in uris) else "web")
+    # Absent: "web" (OpenID Connect Registration §2) if every redirect URI is https, else "native".
+    app_type = doc.get("application_type", "web" if all(u.startswith("https:") for u in uris) else "native")
     if app_type not in APPLICATION_TYPES:
         raise InvalidClientMetadata("application_type must be native or web")
     if app_type == "web" and any(not u.startswith("https:") for u in uris):
