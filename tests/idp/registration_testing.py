@@ -25,8 +25,8 @@ PYTHON_SDK_REQUEST = {  # what the Python MCP SDK 2.x sends (docs: shared notes 
 
 
 def settings_for(db_url: str, tmp_path: Path, **overrides: Any) -> Settings:
-    return Settings(issuer=ISSUER, database_url=db_url, keys_dir=tmp_path / "keys", keystore_kek=random_kek(),
-                    **overrides)
+    options: dict[str, Any] = {"keystore_kek": random_kek(), **overrides}
+    return Settings(issuer=ISSUER, database_url=db_url, keys_dir=tmp_path / "keys", **options)
 
 
 @contextlib.contextmanager
