@@ -81,11 +81,11 @@ class Settings(BaseSettings):
         "open", description="Who may register clients at /register (RFC 7591): open, initial-access-token or off.")
     registration_rate: int = Field(
         20, ge=0, le=1_000_000, description="Registration attempts per remote address per window; 0 = no limit.")
-    registration_rate_window: int = Field(3600, ge=1, le=86400, description="Window of registration_rate, seconds.")
-    registration_max_unused: int = Field(
+    registration_window: int = Field(3600, ge=1, le=86400, description="Window of registration_rate, seconds.")
+    unused_client_max: int = Field(
         1000, ge=1, le=10_000_000,
         description="Most dynamic clients never used at once; past it the oldest unused ones are evicted.")
-    registration_unused_ttl: int = Field(
+    unused_client_ttl: int = Field(
         7 * 86400, ge=60, description="Dynamic clients never used are removed this long after registration, seconds.")
     registration_audits: int = Field(
         100, ge=0, le=1_000_000, description="Audit records of registrations per minute (per process); 0 = none.")

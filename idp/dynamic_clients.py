@@ -6,7 +6,7 @@ it gets) and is unreviewed until the operator approves it. Only hashes are store
 registration access token (RFC 7592 §1), of its client secret if it has one, of initial access
 tokens. A flood of registrations must not lock out real clients: the number of *unused*
 dynamic clients is capped, and past the cap the oldest unused ones are evicted (not every new
-registration refused); unused ones also expire after ``registration_unused_ttl``. "Used" means a
+registration refused); unused ones also expire after ``unused_client_ttl``. "Used" means a
 token was issued to the client (an audit ``token.issued`` record or a token family).
 """
 

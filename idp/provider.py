@@ -101,10 +101,10 @@ class Provider:
             policy=Policy(),
             client_resolver=MetadataDocumentResolver(settings, clients, documents),
             metadata_documents=documents,
-            dynamic_clients=DynamicClients(engine, clients, max_unused=settings.registration_max_unused,
-                                           unused_ttl=settings.registration_unused_ttl),
+            dynamic_clients=DynamicClients(engine, clients, max_unused=settings.unused_client_max,
+                                           unused_ttl=settings.unused_client_ttl),
             registration_throttle=RegistrationThrottle(per_address=settings.registration_rate,
-                                                       window=settings.registration_rate_window,
+                                                       window=settings.registration_window,
                                                        audit_limit=settings.registration_audits),
         )
 
@@ -135,7 +135,7 @@ class Provider:
         self.revocations.prune()
         self.assertion_jtis.prune()
         expired = self.dynamic_clients.expire_unused() + self.metadata_documents.prune(
-            self.settings.registration_unused_ttl)
+            self.settings.unused_client_ttl)
         if expired:
             events.append(f"removed {expired} unused registrations")
         return events

@@ -25,7 +25,10 @@ MAX_GAPS = 10000
 
 # The events the IdP records (docs/cli.md#audit-events); those found in the database count too.
 EVENTS = ("client.registered", "client.enabled", "client.disabled", "client.removed",
-          "token.issued", "token.revoked", "key.created", "key.retired")
+          "token.issued", "token.revoked", "key.created", "key.retired",
+          # client registration (docs/registration.md)
+          "client.updated", "client.approved", "client.evicted", "client.expired", "client.document_refused",
+          "registration.token_created", "registration.token_revoked")
 
 
 def _pattern(event: str) -> re.Pattern[str]:

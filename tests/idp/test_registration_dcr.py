@@ -164,7 +164,7 @@ def test_oversized_body_is_413(local: tuple[Provider, TestClient]) -> None:
 
 
 def test_cap_evicts_oldest_unused_and_keeps_clients_in_use(db_url: str, tmp_path: Path) -> None:
-    with idp(db_url, tmp_path, registration_max_unused=3, registration_rate=0) as (prov, http):
+    with idp(db_url, tmp_path, unused_client_max=3, registration_rate=0) as (prov, http):
         working = http.post("/register", json={**PYTHON_SDK_REQUEST, "client_name": "real client"}).json()
         mark_used(prov, working["client_id"])
         ids = [http.post("/register", json=PYTHON_SDK_REQUEST).json()["client_id"] for _ in range(3)]
@@ -190,7 +190,7 @@ def test_cap_evicts_oldest_unused_and_keeps_clients_in_use(db_url: str, tmp_path
 
 
 def test_unused_dynamic_clients_expire(db_url: str, tmp_path: Path) -> None:
-    with idp(db_url, tmp_path, registration_unused_ttl=60) as (prov, http):
+    with idp(db_url, tmp_path, unused_client_ttl=60) as (prov, http):
         used = http.post("/register", json=PYTHON_SDK_REQUEST).json()["client_id"]
         idle = http.post("/register", json=PYTHON_SDK_REQUEST).json()["client_id"]
         mark_used(prov, used)
