@@ -15,6 +15,7 @@ from sqlalchemy import Engine
 
 from . import audit, db
 from .assertion_jtis import AssertionReplayCache
+from .authorization_codes import AuthorizationCodes
 from .client_metadata_documents import MetadataDocumentResolver, MetadataDocuments
 from .clients import ClientRegistry
 from .config import Settings
@@ -27,6 +28,7 @@ from .policy import Policy
 from .resources import ResourceRegistry
 from .revocations import RevocationList
 from .signing_keys import KeyRing
+from .token_families import TokenFamilies
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,6 +58,8 @@ class Provider:
     resources: ResourceRegistry
     policy: Policy
     client_resolver: MetadataDocumentResolver
+    token_families: TokenFamilies
+    authorization_codes: AuthorizationCodes
     metadata_documents: MetadataDocuments
     dynamic_clients: DynamicClients
     registration_throttle: RegistrationThrottle
@@ -77,6 +81,7 @@ class Provider:
             keys.ensure_initial_key()
         issuer = settings.issuer
         clients = ClientRegistry(engine)
+        families = TokenFamilies(engine, settings)
         documents = MetadataDocuments(engine, clients)
         return cls(
             settings=settings,
@@ -106,6 +111,8 @@ class Provider:
             registration_throttle=RegistrationThrottle(per_address=settings.registration_rate,
                                                        window=settings.registration_window,
                                                        audit_limit=settings.registration_audits),
+            token_families=families,
+            authorization_codes=AuthorizationCodes(engine, settings, families),
         )
 
     @property
@@ -134,6 +141,8 @@ class Provider:
             events.append(f"pruned {pruned} audit records")
         self.revocations.prune()
         self.assertion_jtis.prune()
+        self.authorization_codes.prune()
+        self.token_families.prune()
         expired = self.dynamic_clients.expire_unused() + self.metadata_documents.prune(
             self.settings.unused_client_ttl)
         if expired:

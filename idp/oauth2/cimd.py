@@ -17,8 +17,9 @@ from collections.abc import Mapping
 from urllib.parse import urlsplit
 
 from . import client_metadata
+from .authorization_request import InvalidAuthorizationRequest
 from .client_metadata import ClientMetadata, InvalidClientMetadata
-from .errors import InvalidClient, OAuthError
+from .errors import OAuthError
 
 MAX_URL = 512  # the clients.client_id column
 #: §4.1: a document may name private_key_jwt with its keys; shared secrets are impossible (no
@@ -27,12 +28,13 @@ DOCUMENT_AUTH_METHODS = ("none", "private_key_jwt")
 _SECRET_METHODS = ("client_secret_basic", "client_secret_post", "client_secret_jwt")
 
 
-class ClientDocumentError(InvalidClient):
+class ClientDocumentError(InvalidAuthorizationRequest):
     """The client_id names a metadata document that cannot be used (bad URL, fetch failed,
-    invalid document). ``invalid_client`` per MCP 2026-07-28; the authorization endpoint shows
-    it on its error page and never redirects (the redirect URI is unverified)."""
+    invalid document): ``invalid_client`` per MCP 2026-07-28. Not redirectable (the redirect URI
+    is unverified): the authorization endpoint shows it on its error page."""
 
-    status = 400
+    def __init__(self, description: str) -> None:
+        super().__init__(description, error="invalid_client")
 
 
 def is_document_url(client_id: str) -> bool:

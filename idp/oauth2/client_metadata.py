@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
+from . import redirect_uris
 from .errors import OAuthError
 
 #: Grants an interactive client may register for (client credentials stay with the operator:
@@ -23,7 +24,7 @@ INTERACTIVE_GRANTS = ("authorization_code", "refresh_token")
 #: with PKCE), or a secret this server generates.
 DYNAMIC_AUTH_METHODS = ("none", "client_secret_basic", "client_secret_post")
 APPLICATION_TYPES = ("native", "web")
-MAX_REDIRECT_URIS = 16
+MAX_REDIRECT_URIS = redirect_uris.MAX_PER_CLIENT
 MAX_URI = 512
 MAX_TEXT = 200
 MAX_CONTACTS = 8
@@ -69,46 +70,13 @@ class ClientMetadata:
         return doc
 
 
-def is_loopback_redirect(uri: str) -> bool:
-    parts = urlsplit(uri)
-    return parts.scheme == "http" and (parts.hostname or "") in ("localhost", "127.0.0.1", "::1")
-
-
 def check_redirect_uri(uri: Any) -> str:
-    """A redirect URI a client may register (RFC 6749 §3.1.2, RFC 8252 §7, OAuth 2.1 §2.3.1):
-    absolute, no fragment, no userinfo; ``https``, or ``http`` on a loopback host (RFC 8252 §7.3),
-    or a private-use scheme in reverse-domain form (RFC 8252 §7.1, e.g. ``com.example.app:/cb``).
-
-    (Local check until the authorization-code work ships ``idp.oauth2.redirect_uris``; both
-    follow the same RFCs.)"""
-    if not isinstance(uri, str) or not uri or len(uri) > MAX_URI or not uri.isascii() or not uri.isprintable() \
-            or any(c.isspace() for c in uri):
-        raise InvalidRedirectUri("redirect URIs must be ASCII strings of at most 512 characters without spaces")
+    """A redirect URI a client may register: the rules of :mod:`idp.oauth2.redirect_uris` (the
+    authorization endpoint matches against the same), as RFC 7591 §3.2.2's error."""
     try:
-        parts = urlsplit(uri)
-        parts.port  # noqa: B018 - raises on a malformed port
-    except ValueError:
-        raise InvalidRedirectUri(f"malformed redirect URI {uri!r}") from None
-    if parts.fragment or "#" in uri:
-        raise InvalidRedirectUri("a redirect URI must not have a fragment (RFC 6749 section 3.1.2)")
-    if "@" in parts.netloc:
-        raise InvalidRedirectUri("a redirect URI must not carry user information")
-    scheme = parts.scheme
-    if scheme == "https":
-        if not parts.hostname:
-            raise InvalidRedirectUri(f"redirect URI {uri!r} has no host")
-        return uri
-    if scheme == "http":
-        if not is_loopback_redirect(uri):
-            raise InvalidRedirectUri("http redirect URIs are allowed only on loopback (127.0.0.1, [::1], localhost)")
-        return uri
-    if scheme in ("javascript", "data", "file", "vbscript", "blob", "about", "ws", "wss") or "." not in scheme:
-        raise InvalidRedirectUri(
-            f"redirect URI scheme {scheme or '(none)'!r} is not allowed: use https, loopback http, or a "
-            "private-use scheme in reverse-domain form (RFC 8252 section 7.1)")
-    if parts.netloc:  # RFC 8252 §7.1: com.example.app:/callback (one slash)
-        raise InvalidRedirectUri("a private-use scheme redirect URI has no authority (com.example.app:/callback)")
-    return uri
+        return redirect_uris.validate(uri)
+    except redirect_uris.RedirectUriError as exc:
+        raise InvalidRedirectUri(str(exc)) from None
 
 
 def _uri(doc: Mapping[str, Any], name: str) -> str | None:

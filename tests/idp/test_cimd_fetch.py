@@ -259,7 +259,7 @@ def test_client_id_mismatch_is_refused(provider: Provider, server: DocumentServe
     ({"redirect_uris": []}, "redirect_uris"),
     ({"redirect_uris": ["http://evil.example/cb"]}, "loopback"),
     ({"redirect_uris": ["https://app.example/cb#frag"]}, "fragment"),
-    ({"redirect_uris": ["javascript:alert(1)"]}, "not allowed"),
+    ({"redirect_uris": ["javascript:alert(1)"]}, "reverse domain"),
     ({"client_secret": "chosen"}, "client secret"),
     ({"token_endpoint_auth_method": "client_secret_basic"}, "shared-secret"),
     ({"token_endpoint_auth_method": "private_key_jwt"}, "jwks"),

@@ -90,7 +90,7 @@ def test_cors_for_browser_clients(local: tuple[Provider, TestClient]) -> None:
     None, [], "http://127.0.0.1/cb", [5], ["http://evil.example/cb"], ["https://app.example/cb#x"],
     ["javascript:alert(1)"], ["data:text/html,hi"], ["https://user:pw@app.example/cb"], ["relative/cb"],
     ["https://app.example/cb"] * 1 + [f"http://127.0.0.1:{p}/cb" for p in range(16)], ["https://" + "a" * 600],
-    ["file:///etc/passwd"], ["myapp:/cb"], ["com.example.app://host/cb"], ["http://127.0.0.1:99999/cb"],
+    ["file:///etc/passwd"], ["myapp:/cb"], ["http://127.0.0.1:99999/cb"], ["https://app.example\\cb"],
     ["http://localhost.evil.example/cb"], ["https://app.example/ cb"],
 ])
 def test_invalid_redirect_uris_are_refused(local: tuple[Provider, TestClient], uris: Any) -> None:
