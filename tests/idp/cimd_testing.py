@@ -18,6 +18,10 @@ from pathlib import Path
 from typing import Any
 
 import trustme
+from idp_testing import ISSUER, random_kek
+
+from idp.config import Settings
+from idp.provider import Provider
 
 
 @dataclass
@@ -108,3 +112,13 @@ def serve(ca: trustme.CA, tmp: Path) -> Iterator[DocumentServer]:
         yield srv
     finally:
         srv.close()
+
+
+def make_provider(db_url: str, tmp_path: Path, ca: trustme.CA, **overrides: Any) -> Provider:
+    ca_file = tmp_path / "ca.pem"
+    ca.cert_pem.write_to_path(str(ca_file))
+    options: dict[str, Any] = {"cimd_allowed_hosts": ["localhost"], "cimd_ca_file": ca_file, "cimd_timeout": 2.0,
+                               "cimd_connect_timeout": 1.0, **overrides}
+    settings = Settings(issuer=ISSUER, database_url=db_url, keys_dir=tmp_path / "keys", keystore_kek=random_kek(),
+                        **options)
+    return Provider.open(settings)

@@ -19,10 +19,8 @@ from typing import Any
 
 import pytest
 import trustme
-from cimd_testing import DocumentServer, Route
-from idp_testing import ISSUER, random_kek
+from cimd_testing import DocumentServer, Route, make_provider
 
-from idp.config import Settings
 from idp.oauth2.cimd import ClientDocumentError
 from idp.oauth2.cimd_fetch import public_address
 from idp.oauth2.client import METADATA_DOCUMENT
@@ -39,16 +37,6 @@ def server(ca: trustme.CA, tmp_path: Path) -> Iterator[DocumentServer]:
     srv = DocumentServer(ca, tmp_path)
     yield srv
     srv.close()
-
-
-def make_provider(db_url: str, tmp_path: Path, ca: trustme.CA, **overrides: Any) -> Provider:
-    ca_file = tmp_path / "ca.pem"
-    ca.cert_pem.write_to_path(str(ca_file))
-    options: dict[str, Any] = {"cimd_allowed_hosts": ["localhost"], "cimd_ca_file": ca_file, "cimd_timeout": 2.0,
-                               "cimd_connect_timeout": 1.0, **overrides}
-    settings = Settings(issuer=ISSUER, database_url=db_url, keys_dir=tmp_path / "keys", keystore_kek=random_kek(),
-                        **options)
-    return Provider.open(settings)
 
 
 @pytest.fixture
