@@ -173,7 +173,9 @@ async def _read_response(conn: h11.Connection, reader: asyncio.StreamReader, hos
         if isinstance(event, h11.Response):
             response = event
             status = event.status_code
-            if 300 <= status < 400 and not (status == 304 and revalidating):
+            if status == 304 and not revalidating:
+                raise FetchError("the document URL answered 304 Not Modified to a request that was no revalidation")
+            if 300 <= status < 400 and status != 304:
                 raise FetchError(f"the document URL answered {status} (a redirect): redirects are not followed")
             if status not in (200, 304):
                 raise FetchError(f"the document URL answered HTTP {status}")

@@ -424,3 +424,14 @@ def test_cimd_disabled_treats_urls_as_unknown_ids(db_url: str, tmp_path: Path, c
         assert "client_id_metadata_document_supported" not in metadata.authorization_server_metadata(prov.settings)
     finally:
         prov.close()
+
+
+def test_unrequested_304_is_refused(local: Provider, server: DocumentServer) -> None:
+    server.routes["/odd.json"] = Route(304, b"")
+    assert "304" in refused(local, server.url("/odd.json"))
+
+
+def test_oversized_headers_are_refused(local: Provider, server: DocumentServer) -> None:
+    url = server.document("/client.json")
+    server.routes["/client.json"].headers["X-Padding"] = "x" * 20_000
+    assert "malformed HTTP response" in refused(local, url)

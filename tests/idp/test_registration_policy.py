@@ -111,3 +111,22 @@ def test_cli_creates_lists_and_revokes_tokens(db_url: str, tmp_path: Path) -> No
     assert missing.returncode == 1 and "no initial access token" in missing.stderr
     bad = run_cli("registration", "tokens", "create", "--uses", "0", env=env)
     assert bad.returncode != 0
+
+
+def test_racing_registrations_cannot_share_the_last_use(db_url: str, tmp_path: Path) -> None:
+    """Eight registrations at once with a one-use token, over a real server: exactly one gets it."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    import httpx
+    from registration_testing import served
+
+    prov = Provider.open(settings_for(db_url, tmp_path, registration_policy=IAT, registration_rate=0))
+    try:
+        _, token = prov.dynamic_clients.initial_tokens.create(label="once", uses=1)
+        with served(prov) as url, httpx.Client(timeout=30) as http, ThreadPoolExecutor(8) as pool:
+            codes = list(pool.map(lambda _: http.post(f"{url}/register", json=PYTHON_SDK_REQUEST,
+                                                      headers=_auth(token)).status_code, range(8)))
+        assert sorted(codes) == [201] + [401] * 7, codes
+        assert count_clients(prov) == 1
+    finally:
+        prov.close()
