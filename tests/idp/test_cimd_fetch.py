@@ -351,13 +351,13 @@ def test_expired_cache_refetches_and_picks_up_changes(db_url: str, tmp_path: Pat
                                                       server: DocumentServer) -> None:
     prov = make_provider(db_url, tmp_path, ca, cimd_min_cache=0)
     try:
-        url = server.document("/client.json", headers={"Cache-Control": "max-age=1"})
+        url = server.document("/client.json", headers={"Cache-Control": "max-age=3"})
         assert resolve(prov, url).redirect_uris == ("http://127.0.0.1:3000/callback",)
-        server.document("/client.json", headers={"Cache-Control": "max-age=1"},
+        server.document("/client.json", headers={"Cache-Control": "max-age=3"},
                         redirect_uris=["http://127.0.0.1:4000/new"])
         assert resolve(prov, url).redirect_uris == ("http://127.0.0.1:3000/callback",)  # still fresh
         assert server.hits["/client.json"] == 1
-        time.sleep(2.1)
+        time.sleep(4.1)  # whole seconds: 3 s may end up to 1 s early
         assert resolve(prov, url).redirect_uris == ("http://127.0.0.1:4000/new",)
         assert server.hits["/client.json"] == 2
         assert prov.clients.get(url).redirect_uris == ("http://127.0.0.1:4000/new",)
