@@ -230,6 +230,12 @@ def create_app(settings: Settings | None = None, provider: Provider | None = Non
 
     registration_routes(app, settings, prov)
 
+    # --- pages for people (idp/web): /authorize, login, consent ---
+    from .web import router as web_router
+
+    app.state.provider_getter = prov
+    app.include_router(web_router)
+
     @app.get("/healthz", tags=["ops"])
     async def healthz() -> Response:
         return _json(200, {"status": "ok", "version": __version__})
