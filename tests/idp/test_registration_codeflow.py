@@ -138,3 +138,20 @@ def test_deleted_dynamic_client_cannot_redeem(env: Env) -> None:
     assert gone.status_code == 204
     resp = redeem(env, SimpleNamespace(client_id=reg["client_id"]), code, verifier, redirect_uri=LOOPBACK)
     assert resp.status_code in (400, 401) and resp.json()["error"] in ("invalid_client", "invalid_grant")
+
+
+def test_authorize_page_shows_an_unusable_document_as_an_error_page(env: Env, server: DocumentServer) -> None:
+    """Through the real /authorize page: a 400 error page, never a redirect, never a 500."""
+    url = "https://169.254.169.254/latest/meta-data/client.json"
+    p = {k: v[0] for k, v in params(SimpleNamespace(client_id=url), redirect_uri="https://evil.example/cb").items()}
+    resp = env.http.get("/authorize", params=p, follow_redirects=False)
+    assert resp.status_code == 400 and "location" not in resp.headers
+    assert "text/html" in resp.headers["content-type"] and "non-public address" in resp.text
+
+
+def test_authorize_page_accepts_a_document_client(env: Env, server: DocumentServer) -> None:
+    url = server.document("/client.json", client_name="Doc Client", redirect_uris=[LOOPBACK])
+    p = {k: v[0] for k, v in params(SimpleNamespace(client_id=url), redirect_uri=LOOPBACK).items()}
+    resp = env.http.get("/authorize", params=p, follow_redirects=False)
+    assert resp.status_code in (200, 302, 303), resp.text  # on to login: the client was accepted
+    assert env.provider.clients.get(url) is not None and server.hits["/client.json"] == 1
