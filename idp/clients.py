@@ -282,6 +282,22 @@ class ClientRegistry:
             tx.record(audit.Record(event, actor, client_id=client.client_id, data=data))
         return self._require(client.client_id)
 
+    def approve(self, id_or_name: str, *, actor: str = "cli") -> ClientRecord:
+        """The operator reviews a dynamic or metadata-document client and adopts it: from now on
+        it counts as registered by the operator (not labelled unverified), and its metadata is
+        pinned as reviewed — its registration access token is dropped (no RFC 7592 changes) and
+        its metadata document is no longer refetched. The audit record keeps where it came from."""
+        client = self._require(id_or_name)
+        if client.registered_by == "operator":
+            raise ClientError(f"client {client.name!r} is registered by the operator already")
+        with audit.transaction(self._engine) as tx:
+            tx.conn.execute(update(_clients).where(_clients.c.client_id == client.client_id).values(
+                registered_by="operator", registration_token_hash=None, updated_at=clock.now()))
+            tx.record(audit.Record("client.approved", actor, client_id=client.client_id, data={
+                "name": client.name, "registered_by": client.registered_by,
+                "redirect_uris": list(client.redirect_uris), "client_name": client.display_name}))
+        return self._require(client.client_id)
+
     def remove(self, id_or_name: str, *, actor: str = "cli") -> ClientRecord:
         client = self._require(id_or_name)
         with audit.transaction(self._engine) as tx:

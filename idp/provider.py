@@ -17,11 +17,13 @@ from sqlalchemy import Engine
 from . import audit, db
 from .assertion_jtis import AssertionReplayCache
 from .authorization_codes import AuthorizationCodes
+from .client_metadata_documents import MetadataDocumentResolver, MetadataDocuments
 from .clients import ClientRegistry
 from .config import Settings
+from .dynamic_clients import DynamicClients
 from .keystore import Keystore
-from .oauth2.client import ClientRecord
 from .oauth2.client_auth import AuthContext
+from .oauth2.registration import RegistrationThrottle
 from .oauth2.throttle import AuthThrottle
 from .policy import Policy
 from .resources import ResourceRegistry
@@ -52,16 +54,6 @@ class GroupCommittedLog:
         return self.provider.committer.record(rec)
 
 
-@dataclass(frozen=True, slots=True)
-class RegisteredClients:
-    """Resolves only registered clients (Client ID Metadata Documents plug in here)."""
-
-    clients: ClientRegistry
-
-    async def resolve(self, client_id: str) -> ClientRecord | None:
-        return self.clients.get(client_id)
-
-
 @dataclass
 class Provider:
     settings: Settings
@@ -75,9 +67,12 @@ class Provider:
     auth_throttle: AuthThrottle
     resources: ResourceRegistry
     policy: Policy
-    client_resolver: RegisteredClients
+    client_resolver: MetadataDocumentResolver
     token_families: TokenFamilies
     authorization_codes: AuthorizationCodes
+    metadata_documents: MetadataDocuments
+    dynamic_clients: DynamicClients
+    registration_throttle: RegistrationThrottle
     _committer: audit.GroupCommitter | None = field(default=None, repr=False)
     _last_forced_key_refresh: float = field(default=float("-inf"), repr=False)
 
@@ -101,6 +96,7 @@ class Provider:
         families = TokenFamilies(engine, settings)
         resources = ResourceRegistry(engine)
         policy.resources = resources  # the catalogue tells policies which tools are destructive
+        documents = MetadataDocuments(engine, clients)
         return cls(
             settings=settings,
             engine=engine,
@@ -122,7 +118,13 @@ class Provider:
             ),
             resources=resources,
             policy=policy,
-            client_resolver=RegisteredClients(clients),
+            client_resolver=MetadataDocumentResolver(settings, clients, documents),
+            metadata_documents=documents,
+            dynamic_clients=DynamicClients(engine, clients, max_unused=settings.unused_client_max,
+                                           unused_ttl=settings.unused_client_ttl),
+            registration_throttle=RegistrationThrottle(per_address=settings.registration_rate,
+                                                       window=settings.registration_window,
+                                                       audit_limit=settings.registration_audits),
             token_families=families,
             authorization_codes=AuthorizationCodes(engine, settings, families),
         )
@@ -195,6 +197,10 @@ class Provider:
         self.interactions.prune()
         self.authorization_codes.prune()
         self.token_families.prune()
+        expired = self.dynamic_clients.expire_unused() + self.metadata_documents.prune(
+            self.settings.unused_client_ttl)
+        if expired:
+            events.append(f"removed {expired} unused registrations")
         if self.settings.catalogue_max_age:
             from .catalogue import refresh_stale  # imports the MCP client only when used
 

@@ -23,6 +23,7 @@ from . import (
     grants_cmd,
     keys_cmd,
     policy_cmd,
+    registration_cmd,
     resources_cmd,
     serve_cmd,
     tokens_cmd,
@@ -62,6 +63,7 @@ app.add_typer(users_cmd.app, name="users")
 app.add_typer(grants_cmd.app, name="grants")
 app.add_typer(policy_cmd.app, name="policy")
 app.add_typer(resources_cmd.app, name="resources")
+app.add_typer(registration_cmd.app, name="registration")
 
 
 def main() -> None:

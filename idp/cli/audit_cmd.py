@@ -40,6 +40,10 @@ FEDERATION_EVENTS = ("federation.upstream_added", "federation.upstream_enabled",
                      "federation.upstream_removed", "federation.identity_linked", "federation.login",
                      "federation.login_refused")
 EVENTS = (*EVENTS, *FEDERATION_EVENTS)
+# --- client registration (docs/registration.md) ---
+REGISTRATION_EVENTS = ("client.updated", "client.approved", "client.evicted", "client.expired",
+                       "client.document_refused", "registration.token_created", "registration.token_revoked")
+EVENTS = (*EVENTS, *REGISTRATION_EVENTS)
 
 
 def _pattern(event: str) -> re.Pattern[str]:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.markup import escape
@@ -31,9 +31,24 @@ def check_capabilities(capabilities: str, as_json: bool) -> None:
         err.print(f"[yellow]warning:[/] {escape(warning)}")
 
 
+def _public(client: ClientRecord) -> dict[str, Any]:
+    """The client as shown: who registered it and whether the operator reviewed it."""
+    extra: dict[str, Any] = {"reviewed": client.reviewed}
+    if client.display_name != client.name:
+        extra["client_name"] = client.display_name  # self-asserted by the client: unverified
+    return {**client.public_dict(), **extra}
+
+
+def _registered_by(client: ClientRecord) -> str:
+    return client.registered_by if client.reviewed else f"{client.registered_by} [yellow](unreviewed)[/]"
+
+
 def _show(client: ClientRecord, secret: str | None = None) -> None:
     rows = []
-    for key, value in client.public_dict().items():
+    for key, value in _public(client).items():
+        if key == "registered_by":
+            rows.append([f"[bold]{key}[/]", _registered_by(client)])
+            continue
         if key in ("created_at", "updated_at"):
             value = when(value)
         rows.append([f"[bold]{key}[/]", escape(", ".join(value) if isinstance(value, list) else str(value))])
@@ -114,16 +129,16 @@ def list_(as_json: JsonOpt = False) -> None:
     with provider(as_json) as prov:
         clients = prov.clients.list()
     if as_json:
-        emit_json([c.public_dict() for c in clients])
+        emit_json([_public(c) for c in clients])
         return
     if not clients:
         out.print("[dim]no clients[/]")
         return
-    print_table(["name", "client_id", "kind", "auth", "enabled", "grants", "capabilities", "audiences",
-                 "redirect_uris"],
+    print_table(["name", "client_id", "kind", "auth", "enabled", "registered by", "grants", "capabilities",
+                 "audiences", "redirect_uris"],
                 [[escape(c.name), escape(c.client_id), c.kind, c.auth_method, "yes" if c.enabled else "[red]no[/]",
-                  " ".join(c.grant_types), escape(c.capabilities.to_scope()), escape(" ".join(c.audiences)),
-                  escape(" ".join(c.redirect_uris))] for c in clients],
+                  _registered_by(c), " ".join(c.grant_types), escape(c.capabilities.to_scope()),
+                  escape(" ".join(c.audiences)), escape(" ".join(c.redirect_uris))] for c in clients],
                 ids={"name", "client_id"})
 
 
@@ -134,7 +149,25 @@ def show(ref: Ref, as_json: JsonOpt = False) -> None:
         client = prov.clients.find(ref)
     if client is None:
         fail(f"no client {ref!r}", as_json=as_json)
-    emit_json(client.public_dict()) if as_json else _show(client)
+    emit_json(_public(client)) if as_json else _show(client)
+
+
+@app.command("approve")
+def approve(ref: Ref, as_json: JsonOpt = False) -> None:
+    """Mark a dynamically registered or metadata-document client as reviewed by the operator.
+
+    Its current metadata (name, redirect URIs) is pinned: it can no longer change it itself
+    (no RFC 7592 updates, no document refetch). Review the redirect URIs before approving."""
+    with provider(as_json) as prov:
+        try:
+            client = prov.clients.approve(ref)
+        except ClientError as exc:
+            fail(str(exc), as_json=as_json)
+    if as_json:
+        emit_json(_public(client))
+    else:
+        out.print(f"client [bold]{escape(client.name)}[/] ({escape(client.client_id)}) approved: "
+                  f"redirect URIs {escape(', '.join(client.redirect_uris)) or '-'}")
 
 
 def _set_enabled(ref: str, enabled: bool, as_json: bool) -> None:
