@@ -21,8 +21,8 @@ from typing import Any
 
 import httpx
 import pytest
-
 from idp_testing import ServerProcess, env_for, free_port, random_kek, run_cli
+
 from idp.config import Settings
 from idp.provider import Provider
 
@@ -179,3 +179,12 @@ def mcp_server(idp: IdP, tmp_path_factory: pytest.TempPathFactory) -> Iterator[M
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait(5)
+
+
+@pytest.fixture(scope="session")
+def registered_resource(idp: IdP, mcp_server: McpServer) -> str:
+    """The MCP server registered as a protected resource (``idp resources add``): the IdP mints
+    tokens only for registered resources."""
+    if idp.provider.resources.get(mcp_server.url) is None:
+        idp.provider.resources.add(mcp_server.url, name="CBST interop server", actor="test")
+    return mcp_server.url
