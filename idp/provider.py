@@ -9,12 +9,14 @@ from __future__ import annotations
 import time
 from collections.abc import Awaitable
 from dataclasses import dataclass, field
-from typing import Any
+from functools import cached_property
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Engine
 
 from . import audit, db
 from .assertion_jtis import AssertionReplayCache
+from .authorization_codes import AuthorizationCodes
 from .clients import ClientRegistry
 from .config import Settings
 from .keystore import Keystore
@@ -25,6 +27,13 @@ from .policy import Policy
 from .resources import ResourceRegistry
 from .revocations import RevocationList
 from .signing_keys import KeyRing
+from .token_families import TokenFamilies
+
+if TYPE_CHECKING:
+    from .consent import ConsentGrants
+    from .users import Users
+    from .web.interactions import Interactions
+    from .web.session import WebSessions
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,6 +73,8 @@ class Provider:
     resources: ResourceRegistry
     policy: Policy
     client_resolver: RegisteredClients
+    token_families: TokenFamilies
+    authorization_codes: AuthorizationCodes
     _committer: audit.GroupCommitter | None = field(default=None, repr=False)
     _last_forced_key_refresh: float = field(default=float("-inf"), repr=False)
 
@@ -82,6 +93,7 @@ class Provider:
             keys.ensure_initial_key()
         issuer = settings.issuer
         clients = ClientRegistry(engine)
+        families = TokenFamilies(engine, settings)
         return cls(
             settings=settings,
             engine=engine,
@@ -104,7 +116,41 @@ class Provider:
             resources=ResourceRegistry(engine),
             policy=Policy(),
             client_resolver=RegisteredClients(clients),
+            token_families=families,
+            authorization_codes=AuthorizationCodes(engine, settings, families),
         )
+
+    # --- web pages (idp/web): people, their sessions, consent; built on first use ---
+    @cached_property
+    def users(self) -> Users:
+        from .users import Users
+
+        return Users(self.engine)
+
+    @cached_property
+    def consents(self) -> ConsentGrants:
+        from .consent import ConsentGrants
+
+        return ConsentGrants(self.engine)
+
+    @cached_property
+    def web_sessions(self) -> WebSessions:
+        from .web.session import WebSessions
+
+        return WebSessions(self.engine, self.settings)
+
+    @cached_property
+    def interactions(self) -> Interactions:
+        from .web.interactions import Interactions
+
+        return Interactions(self.engine, self.settings)
+
+    @cached_property
+    def login_throttle(self) -> AuthThrottle:
+        """Failed local-account logins, per account (the ``client_id`` key) and per address."""
+        s = self.settings
+        return AuthThrottle(per_client=s.login_fail_account, per_address=s.login_fail_address,
+                            window=s.login_fail_window, audit_limit=s.auth_fail_audits)
 
     @property
     def committer(self) -> audit.GroupCommitter:
@@ -132,6 +178,10 @@ class Provider:
             events.append(f"pruned {pruned} audit records")
         self.revocations.prune()
         self.assertion_jtis.prune()
+        self.web_sessions.prune()
+        self.interactions.prune()
+        self.authorization_codes.prune()
+        self.token_families.prune()
         return events
 
     def close(self) -> None:
