@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import logging
 import random
@@ -22,7 +23,7 @@ from starlette.middleware.cors import CORSMiddleware
 
 from . import __version__, blocking, clock, logs
 from .config import Settings
-from .oauth2 import introspection, metadata, revocation, token_endpoint, userinfo
+from .oauth2 import introspection, metadata, registration, revocation, token_endpoint, userinfo
 from .oauth2.errors import InvalidRequest, OAuthError, OAuthResponse, ServerBusy
 from .oauth2.forms import Form, parse_form
 from .oauth2.request import OAuthRequest
@@ -172,7 +173,7 @@ def create_app(settings: Settings | None = None, provider: Provider | None = Non
                   docs_url=None, redoc_url=None)
     # Browser-based MCP clients read metadata and call the token endpoint cross-origin; no
     # cookies are involved, so any origin may.
-    app.add_middleware(CORSMiddleware, allow_origins=["*"], allow_methods=["GET", "POST"],
+    app.add_middleware(CORSMiddleware, allow_origins=["*"], allow_methods=["GET", "POST", "PUT", "DELETE"],
                        allow_headers=["Authorization", "Content-Type", "MCP-Protocol-Version"])
 
     def prov() -> Provider:
@@ -233,6 +234,8 @@ def create_app(settings: Settings | None = None, provider: Provider | None = Non
     app.state.provider_getter = prov
     app.include_router(web_router)
 
+    registration_routes(app, settings, prov)
+
     @app.get("/healthz", tags=["ops"])
     async def healthz() -> Response:
         return _json(200, {"status": "ok", "version": __version__})
@@ -258,6 +261,53 @@ def create_app(settings: Settings | None = None, provider: Provider | None = Non
         return _json(500, {"error": "server_error", "error_description": "internal error"})
 
     return OAuthEndpoints(app, prov, settings.max_body_bytes)
+
+
+def registration_routes(app: FastAPI, settings: Settings, prov: Callable[[], Provider]) -> None:
+    """``POST /register`` (RFC 7591) and ``GET/PUT/DELETE /register/{client_id}`` (RFC 7592)."""
+
+    async def answer(request: Request, client_id: str | None) -> Response:
+        provider = prov()
+        try:
+            body = await _limited_body(request, settings.max_body_bytes)
+            req = registration.RegistrationRequest(
+                method=request.method, headers={k.lower(): v for k, v in request.headers.items()}, body=body,
+                remote_addr=request.client.host if request.client else None)
+            policy, issuer, throttle = settings.registration_policy, settings.issuer, provider.registration_throttle
+            if client_id is None:
+                handler = functools.partial(registration.register, provider.dynamic_clients, req, policy=policy,
+                                            issuer=issuer, throttle=throttle)
+            else:
+                handler = functools.partial(registration.manage, provider.dynamic_clients, req, client_id,
+                                            policy=policy, issuer=issuer, throttle=throttle)
+            result = await blocking.call(settings.database_timeout, handler)
+        except OAuthError as exc:
+            result = exc.response()
+        if result.status == 204:
+            return Response(status_code=204, headers=result.headers)
+        return _json(result.status, result.body, result.headers)
+
+    @app.post("/register", tags=["registration"])
+    async def register(request: Request) -> Response:
+        return await answer(request, None)
+
+    @app.api_route("/register/{client_id}", methods=["GET", "PUT", "DELETE"], tags=["registration"])
+    async def manage(request: Request, client_id: str) -> Response:
+        return await answer(request, client_id)
+
+
+async def _limited_body(request: Request, limit: int) -> bytes:
+    """The body, refused with 413 past ``limit`` (declared or while reading)."""
+    declared = request.headers.get("content-length")
+    if declared is not None and (not declared.isdigit() or int(declared) > limit):
+        raise InvalidRequest(f"request body larger than {limit} bytes", status=413)
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise InvalidRequest(f"request body larger than {limit} bytes", status=413)
+        chunks.append(chunk)
+    return b"".join(chunks)
 
 
 def _etag_matches(if_none_match: str | None, etag: str) -> bool:

@@ -100,6 +100,31 @@ class Settings(BaseSettings):
         10, ge=0, le=300,
         description="A client may retry a refresh whose answer it lost within this many seconds; 0 = never.")
 
+    # --- registration (docs/registration.md) ---
+    registration_policy: Literal["open", "initial-access-token", "off"] = Field(
+        "open", description="Who may register clients at /register (RFC 7591): open, initial-access-token or off.")
+    registration_rate: int = Field(
+        20, ge=0, le=1_000_000, description="Registration attempts per remote address per window; 0 = no limit.")
+    registration_rate_window: int = Field(3600, ge=1, le=86400, description="Window of registration_rate, seconds.")
+    registration_max_unused: int = Field(
+        1000, ge=1, le=10_000_000,
+        description="Most dynamic clients never used at once; past it the oldest unused ones are evicted.")
+    registration_unused_ttl: int = Field(
+        7 * 86400, ge=60, description="Dynamic clients never used are removed this long after registration, seconds.")
+    registration_audits: int = Field(
+        100, ge=0, le=1_000_000, description="Audit records of registrations per minute (per process); 0 = none.")
+    cimd_enabled: bool = Field(True, description="Accept Client ID Metadata Documents (https URL client ids).")
+    cimd_allowed_hosts: list[str] = Field(
+        default_factory=list,
+        description="Document hosts allowed to resolve to private, loopback or link-local addresses.")
+    cimd_ca_file: Path | None = Field(
+        None, description="CA bundle that verifies document hosts instead of the system's (private PKI, tests).")
+    cimd_max_bytes: int = Field(16 * 1024, ge=512, le=1024 * 1024, description="Largest metadata document, bytes.")
+    cimd_connect_timeout: float = Field(3.0, ge=0.1, le=60, description="Connect (and TLS) timeout, seconds.")
+    cimd_timeout: float = Field(5.0, ge=0.1, le=60, description="Whole-fetch timeout of a document, seconds.")
+    cimd_min_cache: int = Field(300, ge=0, le=86400, description="Shortest a document is cached, seconds.")
+    cimd_max_cache: int = Field(86400, ge=60, le=30 * 86400, description="Longest a document is cached, seconds.")
+
     @field_validator("issuer")
     @classmethod
     def _issuer(cls, value: str) -> str:

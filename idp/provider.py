@@ -17,11 +17,13 @@ from sqlalchemy import Engine
 from . import audit, db
 from .assertion_jtis import AssertionReplayCache
 from .authorization_codes import AuthorizationCodes
+from .client_metadata_documents import MetadataDocumentResolver, MetadataDocuments
 from .clients import ClientRegistry
 from .config import Settings
+from .dynamic_clients import DynamicClients
 from .keystore import Keystore
-from .oauth2.client import ClientRecord
 from .oauth2.client_auth import AuthContext
+from .oauth2.registration import RegistrationThrottle
 from .oauth2.throttle import AuthThrottle
 from .policy import Policy
 from .resources import ResourceRegistry
@@ -49,16 +51,6 @@ class GroupCommittedLog:
         return self.provider.committer.record(rec)
 
 
-@dataclass(frozen=True, slots=True)
-class RegisteredClients:
-    """Resolves only registered clients (Client ID Metadata Documents plug in here)."""
-
-    clients: ClientRegistry
-
-    async def resolve(self, client_id: str) -> ClientRecord | None:
-        return self.clients.get(client_id)
-
-
 @dataclass
 class Provider:
     settings: Settings
@@ -72,7 +64,10 @@ class Provider:
     auth_throttle: AuthThrottle
     resources: ResourceRegistry
     policy: Policy
-    client_resolver: RegisteredClients
+    client_resolver: MetadataDocumentResolver
+    metadata_documents: MetadataDocuments
+    dynamic_clients: DynamicClients
+    registration_throttle: RegistrationThrottle
     token_families: TokenFamilies
     authorization_codes: AuthorizationCodes
     _committer: audit.GroupCommitter | None = field(default=None, repr=False)
@@ -94,6 +89,7 @@ class Provider:
         issuer = settings.issuer
         clients = ClientRegistry(engine)
         families = TokenFamilies(engine, settings)
+        documents = MetadataDocuments(engine, clients)
         return cls(
             settings=settings,
             engine=engine,
@@ -115,9 +111,15 @@ class Provider:
             ),
             resources=ResourceRegistry(engine),
             policy=Policy(),
-            client_resolver=RegisteredClients(clients),
             token_families=families,
             authorization_codes=AuthorizationCodes(engine, settings, families),
+            client_resolver=MetadataDocumentResolver(settings, clients, documents),
+            metadata_documents=documents,
+            dynamic_clients=DynamicClients(engine, clients, max_unused=settings.registration_max_unused,
+                                           unused_ttl=settings.registration_unused_ttl),
+            registration_throttle=RegistrationThrottle(per_address=settings.registration_rate,
+                                                       window=settings.registration_rate_window,
+                                                       audit_limit=settings.registration_audits),
         )
 
     # --- web pages (idp/web): people, their sessions, consent; built on first use ---
@@ -182,6 +184,10 @@ class Provider:
         self.interactions.prune()
         self.authorization_codes.prune()
         self.token_families.prune()
+        expired = self.dynamic_clients.expire_unused() + self.metadata_documents.prune(
+            self.settings.registration_unused_ttl)
+        if expired:
+            events.append(f"removed {expired} unused registrations")
         return events
 
     def close(self) -> None:

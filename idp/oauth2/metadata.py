@@ -51,6 +51,12 @@ def authorization_server_metadata(settings: Settings) -> dict[str, Any]:
         # CBST extension: revoked, unexpired token ids, for resource servers that verify offline.
         "cbst_revocation_list_uri": f"{issuer}/revoked",
     })
+    # Client registration (docs/registration.md): RFC 7591 unless the policy is off; Client ID
+    # Metadata Documents (MCP 2026-07-28) unless disabled.
+    if settings.registration_policy != "off":
+        doc["registration_endpoint"] = f"{issuer}/register"
+    if settings.cimd_enabled:
+        doc["client_id_metadata_document_supported"] = True
     return doc
 
 
