@@ -75,6 +75,14 @@ class Settings(BaseSettings):
     client_connections: int = Field(
         64, ge=0, description="Open connections per client address and worker process; 0 = no limit."
     )
+    # --- policy and resources (docs/policy.md, docs/resources.md) ---
+    policy_dir: Path | None = Field(
+        None, description="Folder of Cedar policies (*.cedar, optional *.cedarschema); unset = permit all.")
+    policy_reload: float = Field(
+        2.0, ge=0, le=3600, description="How often the policy folder is checked for changes, seconds; 0 = never.")
+    catalogue_max_age: int = Field(
+        0, ge=0, le=30 * 86400,
+        description="Refresh a resource's catalogue from its MCP server when older than this, seconds; 0 = never.")
 
     # --- web pages: sessions, local-account login, interactions (idp/web; docs/authorization.md) ---
     session_idle_ttl: int = Field(

@@ -75,6 +75,8 @@ class Provider:
 
     @classmethod
     def open(cls, settings: Settings, *, migrate: bool = True, initial_key: bool = True) -> Provider:
+        # First: a broken policy folder refuses to start (PolicyError, one message naming file:line).
+        policy = Policy(settings.policy_dir, reload_interval=settings.policy_reload)
         engine = db.create_db_engine(settings.database_url, sqlite_synchronous=settings.sqlite_synchronous)
         if migrate:
             db.upgrade(engine)
@@ -90,6 +92,8 @@ class Provider:
         clients = ClientRegistry(engine)
         families = TokenFamilies(engine, settings)
         documents = MetadataDocuments(engine, clients)
+        resources = ResourceRegistry(engine)
+        policy.resources = resources  # the catalogue tells policies which tools are destructive
         return cls(
             settings=settings,
             engine=engine,
@@ -109,8 +113,8 @@ class Provider:
                 window=settings.auth_fail_window,
                 audit_limit=settings.auth_fail_audits,
             ),
-            resources=ResourceRegistry(engine),
-            policy=Policy(),
+            resources=resources,
+            policy=policy,
             token_families=families,
             authorization_codes=AuthorizationCodes(engine, settings, families),
             client_resolver=MetadataDocumentResolver(settings, clients, documents),
@@ -188,6 +192,10 @@ class Provider:
             self.settings.registration_unused_ttl)
         if expired:
             events.append(f"removed {expired} unused registrations")
+        if self.settings.catalogue_max_age:
+            from .catalogue import refresh_stale  # imports the MCP client only when used
+
+            events.extend(refresh_stale(self, self.settings.catalogue_max_age))
         return events
 
     def close(self) -> None:
