@@ -21,7 +21,7 @@ from ... import clock
 from .. import access_token, id_token, pkce
 from ..authorization_request import OFFLINE_ACCESS, OPENID, userinfo_audience
 from ..client import ClientRecord
-from ..errors import InvalidTarget
+from ..errors import InvalidTarget, UnauthorizedClient
 from ..grant_records import Authorization, InvalidGrant
 from ..request import OAuthRequest
 from .base import Issuance
@@ -74,6 +74,8 @@ class AuthorizationCodeGrant:
     writes = True
 
     def issue(self, stores: Stores, client: ClientRecord, request: OAuthRequest) -> Issuance:
+        if self.grant_type not in client.grant_types:
+            raise UnauthorizedClient("the client is not registered for the authorization_code grant")
         form = request.form
         codes = stores.authorization_codes
         record = codes.get(form.get("code") or "")

@@ -26,6 +26,10 @@ class Issuance:
 
 
 class Grant(Protocol):
+    """A grant may also have ``writes: bool``: whether :meth:`issue` writes to the database
+    (codes, refresh tokens). Unless it says False, the token endpoint never runs it on the event
+    loop (client credentials, which only reads, does)."""
+
     @property
     def grant_type(self) -> str:
         """The ``grant_type`` value (``grant_types_supported`` in the metadata)."""
@@ -34,11 +38,6 @@ class Grant(Protocol):
     def parameters(self) -> Mapping[str, bool]:
         """The form parameters the grant reads, each with whether it is required (checked before
         client authentication; anything else in the form is ignored, RFC 6749 §3.2)."""
-
-    @property
-    def writes(self) -> bool:
-        """Whether :meth:`issue` writes to the database (codes, refresh tokens): then the token
-        endpoint never runs it on the event loop."""
 
     def issue(self, stores: Stores, client: ClientRecord, request: OAuthRequest) -> dict[str, Any] | Issuance:
         """The claims of the access token to issue to the authenticated ``client`` (RFC 9068), or

@@ -89,6 +89,8 @@ class ClientCredentialsGrant:
     def issue(self, stores: Stores, client: ClientRecord, request: OAuthRequest) -> dict[str, Any]:
         if client.auth_method == "none":  # RFC 6749 §4.4: confidential clients only
             raise UnauthorizedClient("a public client cannot use the client credentials grant")
+        if self.grant_type not in client.grant_types:  # RFC 7591 §2: the grants it registered
+            raise UnauthorizedClient("the client is not registered for the client_credentials grant")
         form = request.form
         scope = select_scope(client, form.get("scope"))
         audience = select_audience(client, form.getall("resource"), stores.resources)

@@ -23,7 +23,7 @@ from sdk.capabilities import CapabilityError, CapabilitySet
 from ... import clock
 from ..authorization_request import OIDC_SCOPES, userinfo_audience
 from ..client import ClientRecord
-from ..errors import InvalidScope, InvalidTarget
+from ..errors import InvalidScope, InvalidTarget, UnauthorizedClient
 from ..grant_records import Authorization
 from ..request import OAuthRequest
 from .authorization_code import access_claims, response_fields
@@ -65,6 +65,8 @@ class RefreshTokenGrant:
     writes = True
 
     def issue(self, stores: Stores, client: ClientRecord, request: OAuthRequest) -> Issuance:
+        if self.grant_type not in client.grant_types:
+            raise UnauthorizedClient("the client is not registered for the refresh_token grant")
         form = request.form
         resources = form.getall("resource")
         if len(resources) > 1:
