@@ -8,6 +8,7 @@ which the server reads on each request.
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import secrets
 import subprocess
@@ -147,14 +148,13 @@ class McpServer:
     log: Path
 
 
-@pytest.fixture(scope="session")
-def mcp_server(idp: IdP, tmp_path_factory: pytest.TempPathFactory) -> Iterator[McpServer]:
-    """``server_app.py`` (official mcp SDK + CBSTMiddleware) under uvicorn on a free port."""
+@contextlib.contextmanager
+def mcp_server_process(issuer: str, log: Path) -> Iterator[McpServer]:
+    """``server_app.py`` (official mcp SDK + CBSTMiddleware) under uvicorn on a free port, for ``issuer``."""
     port = free_port()
-    log = tmp_path_factory.mktemp("mcp") / "server.log"
     with open(log, "wb") as fh:
         proc = subprocess.Popen(
-            [sys.executable, str(HERE / "server_app.py"), "--issuer", idp.url, "--port", str(port),
+            [sys.executable, str(HERE / "server_app.py"), "--issuer", issuer, "--port", str(port),
              "--revocation-poll", str(REVOCATION_POLL)], stdout=fh, stderr=subprocess.STDOUT)
     server = McpServer(f"http://127.0.0.1:{port}/mcp", proc, log)
     try:
@@ -179,6 +179,13 @@ def mcp_server(idp: IdP, tmp_path_factory: pytest.TempPathFactory) -> Iterator[M
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait(5)
+
+
+@pytest.fixture(scope="session")
+def mcp_server(idp: IdP, tmp_path_factory: pytest.TempPathFactory) -> Iterator[McpServer]:
+    """``server_app.py`` (official mcp SDK + CBSTMiddleware) under uvicorn on a free port."""
+    with mcp_server_process(idp.url, tmp_path_factory.mktemp("mcp") / "server.log") as server:
+        yield server
 
 
 @pytest.fixture(scope="session")

@@ -8,7 +8,7 @@
 //          | {"kind": "interactive", "redirect_uri", "client_name"?, "client_metadata_url"?,
 //             "client_id"? (pre-registered, public), "scope"? (asked for up front with the SDK's auth())}
 //          | {"kind": "mcp-remote", "args": [...], "config_dir"},
-//    "ops": [{"id", "op": "list_tools" | "call_tool" | ... | "pause" | "break_access_token"}]}
+//    "ops": [{"id", "op": "list_tools" | "call_tool" | ... | "pause" | "expire_access_token"}]}
 // stdout — JSON lines: {"id", "ok"} / {"id", "error"} per op ("connect" first);
 //   {"event": "authorize", "url"} when the client sends the person to the authorization endpoint:
 //     the test answers with one line {"callback": "<the redirect URI with code, state, iss>"} or
@@ -180,7 +180,7 @@ async function main() {
       await lines.next();
       continue;
     }
-    if (op.op === "break_access_token") {
+    if (op.op === "expire_access_token") {
       // The access token stops being good (expired, revoked): the next request draws a 401 and the
       // SDK must use the refresh token.
       provider._tokens = { ...provider._tokens, access_token: "expired-" + randomBytes(8).toString("hex") };
