@@ -282,3 +282,33 @@ def test_denied_consent_gives_the_client_no_token(clients: Clients, stack: Stack
 
     back = parse_qs(urlsplit(person.callbacks[-1]).query)
     assert back["error"] == ["access_denied"] and back["iss"] == [stack.idp_url] and "code" not in back, back
+
+
+@pytest.mark.parametrize("tamper", ["wrong", "missing"])
+@pytest.mark.parametrize("client", ["py2", "ts2"])
+def test_mix_up_the_clients_refuse_a_response_without_the_idps_iss(clients: Clients, stack: Stack, client: str,
+                                                                   tamper: str) -> None:
+    """RFC 9207 mix-up defence end to end: the IdP advertises
+    ``authorization_response_iss_parameter_supported``, so a response whose ``iss`` is another
+    issuer's — or missing — is refused by the clients that implement RFC 9207 and no code is
+    redeemed (an attacker's authorization server cannot pass its code off as the IdP's)."""
+    from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+    auth = interactive_auth(stack, client, "cimd", f"mixup-{client}-{tamper}")
+    person = Person(USER, PASSWORD)
+
+    def attacker(url: str) -> str:
+        back = urlsplit(person(url))
+        params = [(k, v) for k, v in parse_qsl(back.query) if k != "iss"]
+        if tamper == "wrong":
+            params.append(("iss", "http://127.0.0.1:9/attacker"))
+        return urlunsplit(back._replace(query=urlencode(params)))
+
+    try:
+        run = clients.run(client, {"url": stack.mcp.url, "auth": auth, "ops": STEP_UP_OPS[:1]}, attacker)
+    finally:
+        person.close()
+    assert person.callbacks and "code=" in person.callbacks[-1]  # the IdP did issue a code...
+    assert not run.of("tokens"), run.events  # ...which the client would not redeem
+    assert "ok" not in run.results.get("tools", {}), run.events
+    assert "iss" in json.dumps(run.events).lower() or "issuer" in json.dumps(run.events).lower(), run.events
