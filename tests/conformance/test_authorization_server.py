@@ -31,12 +31,12 @@ from urllib.parse import parse_qs, urlsplit
 
 import httpx
 import pytest
+from idp_testing import ROOT, ServerProcess, env_for, free_port, random_kek, run_cli
 from interop.headless_login import Person
 from test_conformance_suite import conformance_cli
 
 from idp.config import Settings
 from idp.provider import Provider
-from idp_testing import ROOT, ServerProcess, env_for, free_port, random_kek, run_cli
 
 __all__ = ["conformance_cli"]
 

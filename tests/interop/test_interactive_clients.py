@@ -8,7 +8,7 @@ person (``headless_login.py``) logs in with a local account and consents → red
 ``resource``, RFC 9207 ``iss``) → call a tool. Then a step-up: calling ``add`` draws a 403
 ``insufficient_scope``; the client re-authorizes, and the second consent page offers only the new
 capability. Then a refresh with ``offline_access`` (the access token runs out; the client uses
-its refresh token, which rotates).
+its refresh token, which rotates). mcp-remote, the stdio proxy desktop hosts run, logs in too.
 
 The IdP here is a process of its own (CIMD needs it to trust the test CA and allow ``localhost``
 document hosts, settings the session IdP does not have) with its own MCP server.
@@ -21,18 +21,20 @@ import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qs, urlsplit
 
 import pytest
 import trustme
+from idp_testing import ServerProcess, env_for, free_port, random_kek, run_cli
 
 from idp.config import Settings
 from idp.provider import Provider
-from idp_testing import ServerProcess, env_for, free_port, random_kek, run_cli
 
 from .conftest import McpServer, claims_of, mcp_server_process
 from .headless_login import Person
-from .oauth_clients import Clients, Run
+from .oauth_clients import TS_DIR, Clients, Run
 
 pytestmark = pytest.mark.slow
 
@@ -278,8 +280,6 @@ def test_denied_consent_gives_the_client_no_token(clients: Clients, stack: Stack
     assert "ok" not in run.results.get("tools", {}), run.events
     assert not run.of("tokens"), run.events
     # The browser went back to the client with the RFC 6749 §4.1.2.1 error and the RFC 9207 iss.
-    from urllib.parse import parse_qs, urlsplit
-
     back = parse_qs(urlsplit(person.callbacks[-1]).query)
     assert back["error"] == ["access_denied"] and back["iss"] == [stack.idp_url] and "code" not in back, back
 
@@ -292,7 +292,7 @@ def test_mix_up_the_clients_refuse_a_response_without_the_idps_iss(clients: Clie
     ``authorization_response_iss_parameter_supported``, so a response whose ``iss`` is another
     issuer's — or missing — is refused by the clients that implement RFC 9207 and no code is
     redeemed (an attacker's authorization server cannot pass its code off as the IdP's)."""
-    from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+    from urllib.parse import parse_qsl, urlencode, urlunsplit
 
     auth = interactive_auth(stack, client, "cimd", f"mixup-{client}-{tamper}")
     person = Person(USER, PASSWORD)
@@ -312,3 +312,30 @@ def test_mix_up_the_clients_refuse_a_response_without_the_idps_iss(clients: Clie
     assert not run.of("tokens"), run.events  # ...which the client would not redeem
     assert "ok" not in run.results.get("tools", {}), run.events
     assert "iss" in json.dumps(run.events).lower() or "issuer" in json.dumps(run.events).lower(), run.events
+
+
+@pytest.mark.parametrize("registration", ["cimd", "dcr"])
+def test_mcp_remote_login_and_consent(clients: Clients, stack: Stack, registration: str, tmp_path: Path) -> None:
+    """``mcp-remote URL PORT`` (the stdio proxy desktop hosts run), interactive: it discovers the
+    IdP, registers (``--client-metadata-url``, or RFC 7591), prints the authorization URL, gets
+    the person's answer at its callback server on ``localhost:PORT``, and proxies the tool call."""
+    port = free_port()
+    redirect_uri = f"http://localhost:{port}/oauth/callback"
+    proxy = TS_DIR / "node_modules" / "mcp-remote" / "dist" / "proxy.js"
+    args = [str(proxy), stack.mcp.url, str(port), "--transport", "http-only"]
+    if registration == "cimd":
+        args += ["--client-metadata-url", stack.documents.publish(f"mcp-remote-{port}", redirect_uri)]
+    auth = {"kind": "mcp-remote", "interactive": True, "args": args, "config_dir": str(tmp_path / "mcp-auth")}
+    person = Person(USER, PASSWORD)
+    try:
+        run = clients.run("ts1", {"url": stack.mcp.url, "auth": auth, "ops": STEP_UP_OPS[:2]}, person)
+    finally:
+        person.close()
+    run.ok("connect")
+    assert run.ok("echo") == {"text": "echo: hi", "is_error": False}
+    assert person.logins == 1 and person.consents and person.consents[0].offered == ["tools/call:echo"]
+    assert person.callbacks[-1].startswith(redirect_uri + "?")
+    client_id = parse_qs(urlsplit(run.of("authorize")[0]["url"]).query)["client_id"][0]
+    record = stack.provider.clients.get(client_id)
+    assert record is not None
+    assert str(getattr(record.registered_by, "value", record.registered_by)) == registration

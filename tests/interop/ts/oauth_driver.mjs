@@ -93,6 +93,26 @@ class HeadlessProvider {
   }
 }
 
+/** mcp-remote's stderr: when it prints an authorization URL, the person opens it and the browser
+ * lands on mcp-remote's own callback server (a plain GET of the final redirect). */
+function watchMcpRemote(stream) {
+  const rl = createInterface({ input: stream });
+  rl.on("line", async (line) => {
+    process.stderr.write(`[mcp-remote] ${line}\n`);
+    const m = line.trim().match(/^(https?:\/\/\S+\/authorize\?\S+)$/);
+    if (!m) return;
+    emit({ event: "authorize", url: m[1] });
+    try {
+      const answer = await readLine();
+      if (answer.error) return;
+      const res = await fetch(answer.callback);
+      emit({ event: "callback_delivered", status: res.status });
+    } catch (err) {
+      emit({ event: "callback_failed", error: describe(err) });
+    }
+  });
+}
+
 const text = (content) => (content ?? []).map((c) => c.text ?? "").join("");
 
 async function runOp(client, op) {
@@ -130,10 +150,14 @@ async function main() {
   }
   const makeTransport = () => {
     if (a.kind === "mcp-remote") {
-      return new sdk.StdioClientTransport({
-        command: process.execPath, args: a.args, stderr: "inherit",
-        env: { ...process.env, MCP_REMOTE_CONFIG_DIR: a.config_dir },
+      // BROWSER=true: the opener "succeeds" without a browser; the person is played by the test,
+      // from the authorization URL mcp-remote prints for people whose browser did not open.
+      const t = new sdk.StdioClientTransport({
+        command: process.execPath, args: a.args, stderr: a.interactive ? "pipe" : "inherit",
+        env: { ...process.env, MCP_REMOTE_CONFIG_DIR: a.config_dir, BROWSER: "true" },
       });
+      if (a.interactive) watchMcpRemote(t.stderr);
+      return t;
     }
     return new sdk.StreamableHTTPClientTransport(url, { authProvider: provider });
   };
