@@ -339,3 +339,22 @@ def test_mcp_remote_login_and_consent(clients: Clients, stack: Stack, registrati
     record = stack.provider.clients.get(client_id)
     assert record is not None
     assert str(getattr(record.registered_by, "value", record.registered_by)) == registration
+
+
+@pytest.mark.parametrize("client", ["py2", "ts2"])
+def test_a_step_up_the_person_does_not_approve_grants_nothing_new(clients: Clients, stack: Stack,
+                                                                  client: str) -> None:
+    """The person leaves the new capability unticked on the second consent page: the client's
+    next token still lacks it, and the server keeps refusing the call (no step-up without consent)."""
+    auth = interactive_auth(stack, client, "dcr", f"stepup-refused-{client}")
+    person = Person(USER, PASSWORD, grant={"tools/call:echo"})
+    try:
+        run = clients.run(client, {"url": stack.mcp.url, "auth": auth, "ops": STEP_UP_OPS}, person)
+    finally:
+        person.close()
+    assert run.ok("echo") == {"text": "echo: hi", "is_error": False}
+    assert len(person.consents) >= 2 and person.consents[1].offered == ["tools/call:add"]
+    assert person.consents[1].granted == []
+    assert "ok" not in run.results.get("add", {}), run.events
+    for t in run.of("tokens"):
+        assert "tools/call:add" not in caps(claims_of(t["access_token"])["scope"])
