@@ -52,7 +52,7 @@ def free_port() -> int:
 class ServerProcess:
     """A real ``idp serve`` process on loopback; stopped by the fixture that made it."""
 
-    def __init__(self, env: dict[str, str], port: int, workers: int = 1) -> None:
+    def __init__(self, env: dict[str, str], port: int, workers: int = 1, ready_timeout: float = 30) -> None:
         self.port = port
         self.url = f"http://127.0.0.1:{port}"
         self.log = Path(env["IDP_KEYS_DIR"]).parent / f"serve-{port}.log"
@@ -61,7 +61,7 @@ class ServerProcess:
             [sys.executable, "-m", "idp.cli", "serve", "--host", "127.0.0.1", "--port", str(port), "--workers", str(workers)],
             env={**os.environ, **env}, stdout=self._logfh, stderr=subprocess.STDOUT, cwd=ROOT,
         )
-        deadline = time.monotonic() + 30
+        deadline = time.monotonic() + ready_timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"idp serve exited early:\n{self.log.read_text()}")

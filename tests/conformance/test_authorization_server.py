@@ -43,6 +43,7 @@ __all__ = ["conformance_cli"]
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
 
 HERE = Path(__file__).resolve().parent
+STARTUP_TIMEOUT = 120  # for the IdP process to answer /healthz on a loaded machine
 RUN_TIMEOUT = 120  # the suite itself waits up to 5 minutes for the callback; we do not
 USER, PASSWORD = "conformance", "a long enough test password"
 RESOURCE = "http://127.0.0.1:9/mcp"  # registered, never contacted (the suite only asks for a token)
@@ -75,7 +76,7 @@ def authorization_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[A
     cli("users", "add", USER, "--password-stdin", stdin=PASSWORD + "\n")
     client = cli("clients", "add", "conformance-suite", "--public",
                  "--redirect-uri", f"http://127.0.0.1:{callback_port}/callback")
-    process = ServerProcess(env, port)
+    process = ServerProcess(env, port, ready_timeout=STARTUP_TIMEOUT)
     try:
         yield AS(settings.issuer, env, client["client_id"], callback_port)
     finally:

@@ -149,7 +149,7 @@ class McpServer:
 
 
 @contextlib.contextmanager
-def mcp_server_process(issuer: str, log: Path) -> Iterator[McpServer]:
+def mcp_server_process(issuer: str, log: Path, ready_timeout: float = 60) -> Iterator[McpServer]:
     """``server_app.py`` (official mcp SDK + CBSTMiddleware) under uvicorn on a free port, for ``issuer``."""
     port = free_port()
     with open(log, "wb") as fh:
@@ -158,7 +158,7 @@ def mcp_server_process(issuer: str, log: Path) -> Iterator[McpServer]:
              "--revocation-poll", str(REVOCATION_POLL)], stdout=fh, stderr=subprocess.STDOUT)
     server = McpServer(f"http://127.0.0.1:{port}/mcp", proc, log)
     try:
-        deadline = time.monotonic() + 30
+        deadline = time.monotonic() + ready_timeout  # generous: a loaded 2-core machine is slow to import
         while True:
             if proc.poll() is not None:
                 raise RuntimeError(f"MCP server exited early:\n{log.read_text()}")

@@ -37,6 +37,9 @@ from .headless_login import Person
 from .oauth_clients import TS_DIR, Clients, Run
 
 pytestmark = pytest.mark.slow
+#: How long the IdP process may take to answer /healthz: generous, as a loaded 2-core machine
+#: (the whole suite on -n auto) has been seen to need more than 30 s.
+STARTUP_TIMEOUT = 120
 
 USER, PASSWORD = "alice", "correct horse battery staple"
 CLIENTS = ["py2", "py1", "ts1", "ts2"]
@@ -120,7 +123,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
            "IDP_ACCESS_TOKEN_TTL": "300"}
     done = run_cli("users", "add", USER, "--password-stdin", env=env, input=PASSWORD + "\n")
     assert done.returncode == 0, done.stdout + done.stderr
-    process = ServerProcess(env, port)
+    process = ServerProcess(env, port, ready_timeout=STARTUP_TIMEOUT)
     documents = DocumentHost(ca)
     try:
         with mcp_server_process(settings.issuer, base / "mcp.log") as mcp:
