@@ -240,12 +240,12 @@ class ClientRegistry:
                 if tx.conn.execute(select(_clients.c.client_id).where(_clients.c.name == name)).first():
                     raise ClientError(f"a client named {name!r} already exists")
                 tx.conn.execute(insert(_clients), [row])
-                _register_resources(tx, auds, client_id=client_id, actor=actor, now=now)
                 tx.record(audit.Record(
                     "client.registered", actor, client_id=client_id,
                     data={"name": name, "kind": kind, "auth_method": auth_method, "capabilities": row["capabilities"],
                           "audiences": list(auds), "redirect_uris": list(uris), "grant_types": list(grants)},
                 ))
+                _register_resources(tx, auds, client_id=client_id, actor=actor, now=now)
         except IntegrityError:
             raise ClientError(f"a client named {name!r} already exists") from None
         return self._record(SimpleNamespace(**row)), secret
@@ -319,8 +319,9 @@ def _register_resources(tx: audit.Transaction, audiences: tuple[str, ...], *, cl
         name = resource_name_of(uri)
         tx.conn.execute(insert(_resources), [{"uri": uri, "name": name, "catalogue": "{}", "catalogue_updated_at": None,
                                               "client_id": None, "created_at": now}])
-        tx.record(audit.Record("resource.registered", actor, client_id=client_id,
-                               data={"uri": uri, "name": name, "from_client_audience": True}))
+        # (client_id is the resource's catalogue client, none here; the client is in the data)
+        tx.record(audit.Record("resource.registered", actor,
+                               data={"uri": uri, "name": name, "audience_of": client_id}))
 
 
 def _revoke_outstanding(tx: audit.Transaction, client_id: str, *, actor: str, reason: str) -> int:

@@ -9,6 +9,7 @@ approval of exactly that tool — is :mod:`idp.web.consent_page`'s business.
 
 from __future__ import annotations
 
+import builtins
 from dataclasses import dataclass
 from typing import Any
 
@@ -101,7 +102,7 @@ class ConsentGrants:
             return [self._record(r) for r in conn.execute(query)]
 
     def revoke(self, subject: str, client_id: str, resource: str | None = None, *,
-               actor: str = "cli") -> list[ConsentGrantRecord]:
+               actor: str = "cli") -> builtins.list[ConsentGrantRecord]:
         """Forget the remembered grants of a subject for a client (at one resource or all); audited."""
         cond = and_(_grants.c.subject == subject, _grants.c.client_id == client_id)
         if resource is not None:

@@ -42,10 +42,10 @@ from sdk.capabilities import NAME_METHODS, TOOLS_CALL, URI_METHODS, Capability, 
 
 from .errors import IdPError
 from .oauth2.client import ClientRecord
+from .oauth2.resource import ResourceRecord, tool_flags
 from .oauth2.subject import CLIENT, Subject
 
 if TYPE_CHECKING:
-    from .oauth2.resource import ResourceRecord
     from .oauth2.stores import ResourceStore
 
 log = logging.getLogger("cbst.idp.policy")
@@ -110,6 +110,7 @@ _MAX_FILES = 256
 _MAX_CLAIM = 512  # longest claim string passed to Cedar
 _MAX_GROUPS = 256
 _CACHE_SIZE = 4096
+_RECORD_TTL = 1.0  # seconds a resource record (its catalogue version) is reused by decide
 _ACTION = {"type": "CBST::Action", "id": "grant"}
 
 
@@ -212,12 +213,17 @@ def _annotation_id(text: str) -> str | None:
     return found.group(1) if found else None
 
 
+def _ours(name: str) -> bool:
+    """A policy or schema file; hidden files (editor locks, ``.#x.cedar``) are not."""
+    return name.endswith((".cedar", ".cedarschema")) and not name.startswith(".")
+
+
 def _fingerprint(folder: Path) -> tuple[tuple[str, int, int], ...]:
     """(name, mtime_ns, size) of every policy and schema file: what a reload compares."""
     entries = []
     with os.scandir(folder) as it:
         for entry in it:
-            if entry.name.endswith((".cedar", ".cedarschema")) and entry.is_file():
+            if _ours(entry.name) and entry.is_file():
                 st = entry.stat()
                 entries.append((entry.name, st.st_mtime_ns, st.st_size))
     return tuple(sorted(entries))
@@ -231,7 +237,7 @@ def _read(path: Path) -> str:
 
 def _schema_of(folder: Path, problems: list[PolicyProblem]) -> tuple[str, str]:
     """The schema text and its name: the folder's one ``*.cedarschema``, else the built-in one."""
-    files = sorted(folder.glob("*.cedarschema"))
+    files = sorted(p for p in folder.glob("*.cedarschema") if _ours(p.name))
     if len(files) > 1:
         problems.append(PolicyProblem(str(files[1]), 1, "more than one *.cedarschema file in the folder"))
     if not files:
@@ -275,7 +281,7 @@ def check_folder(folder: Path) -> tuple[list[PolicyStatement], list[PolicyProble
     if not folder.is_dir():
         return [], [PolicyProblem(str(folder), 0, "not a directory")]
     schema, _ = _schema_of(folder, problems)
-    files = sorted(folder.glob("*.cedar"))
+    files = sorted(p for p in folder.glob("*.cedar") if _ours(p.name))
     if not files:
         problems.append(PolicyProblem(str(folder), 0, "no *.cedar policy files (an empty folder would deny "
                                       "everything; leave policy_dir unset to permit all)"))
@@ -355,16 +361,6 @@ def principal_entity(subject: Subject, client: ClientRecord) -> dict[str, Any]:
     return {"uid": {"type": "CBST::User", "id": subject.id}, "parents": [], "attrs": attrs}
 
 
-def _tool_flags(tool: Mapping[str, Any]) -> tuple[bool, bool]:
-    """(destructive, read_only) by the MCP defaults: destructiveHint defaults to true, and counts
-    only when the tool is not read-only."""
-    annotations = tool.get("annotations")
-    annotations = annotations if isinstance(annotations, Mapping) else {}
-    read_only = annotations.get("readOnlyHint") is True
-    destructive = not read_only and annotations.get("destructiveHint") is not False
-    return destructive, read_only
-
-
 def capability_entity(cap: Capability, server: str, catalogue: Mapping[str, Any] | None) -> dict[str, Any]:
     attrs: dict[str, Any] = {"method": cap.method, "server": server, "wildcard": False}
     target = cap.pattern
@@ -378,7 +374,7 @@ def capability_entity(cap: Capability, server: str, catalogue: Mapping[str, Any]
                        and isinstance(e.get("name"), str) and cap.matches(cap.method, e["name"])]
             attrs["in_catalogue"] = bool(entries)
             if kind == "tools" and entries:
-                flags = [_tool_flags(e) for e in entries]
+                flags = [tool_flags(e) for e in entries]
                 attrs["destructive"] = any(d for d, _ in flags)
                 attrs["read_only"] = all(r for _, r in flags)
                 if len(entries) == 1 and not attrs["wildcard"]:
@@ -448,6 +444,7 @@ class Policy:
     _failed: tuple[tuple[str, int, int], ...] | None = field(default=None, init=False, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False)
     _cache: dict[tuple[Any, ...], Decision] = field(default_factory=dict, init=False, repr=False)
+    _records: dict[str, tuple[float, ResourceRecord | None]] = field(default_factory=dict, init=False, repr=False)
 
     def __post_init__(self) -> None:
         # A broken folder at start-up is an error for the operator, raised here (PolicyError).
@@ -496,7 +493,19 @@ class Policy:
             self._lock.release()
 
     def _resource(self, uri: str) -> ResourceRecord | None:
-        return self.resources.get(uri) if self.resources is not None else None
+        """The resource's record, re-read at most once a second: the grant has just checked it is
+        registered, and a new catalogue may take a second to reach decisions."""
+        if self.resources is None:
+            return None
+        now = time.monotonic()
+        held = self._records.get(uri)
+        if held is not None and now - held[0] < _RECORD_TTL:
+            return held[1]
+        record = self.resources.get(uri)
+        if len(self._records) > 1024:
+            self._records = {}
+        self._records[uri] = (now, record)
+        return record
 
     def decide(self, subject: Subject, client: ClientRecord, resource: str, requested: CapabilitySet) -> Decision:
         self.reload_if_changed()

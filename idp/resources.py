@@ -86,7 +86,7 @@ class ResourceRegistry:
                 tx.record(audit.Record("resource.registered", actor, client_id=client_id,
                                        data={"uri": uri, "name": name}))
         except IntegrityError:
-            raise ClientError(f"resource {uri!r} is already registered") from None
+            raise ClientError(f"resource {uri!r} is already registered (idp resources update changes it)") from None
         return self._record(SimpleNamespace(**row))
 
     def update(self, uri: str, *, name: str | None = None, client_id: str | None = None, clear_client: bool = False,

@@ -108,7 +108,8 @@ class TokenFamilies:
         expires = min(now + self._settings.refresh_token_ttl, family_expires)
         conn.execute(insert(_refresh), [{
             "token_hash": digest, "family_id": auth.family_id, "client_id": auth.client_id,
-            "data": json.dumps(auth.to_json(), separators=(",", ":")), "created_at": now, "expires_at": expires,
+            "data": json.dumps(auth.to_json(), separators=(",", ":"), default=str),
+            "created_at": now, "expires_at": expires,
             "used_at": None, "successor_hash": None,
         }])
         return token, expires

@@ -49,17 +49,14 @@ def revoke(
     with provider(as_json) as prov:
         sub = _subject(prov, subject)
         removed = prov.consents.revoke(sub, client, resource, actor="cli")
-        families = getattr(prov, "token_families", None)
-        revoked_tokens: int | None = None
-        if families is not None:
-            revoked_tokens = families.revoke_for(sub, client, resource, reason="grant_revoked", actor="cli")
+        revoked_tokens = prov.token_families.revoke_for(sub, client, resource, reason="grant_revoked", actor="cli")
         if not removed and not revoked_tokens:
             fail(f"no remembered grant of {subject!r} for client {client!r}"
                  + (f" at {resource!r}" if resource else ""), as_json=as_json)
     result = {"subject": sub, "client_id": client, "resources": [g.resource for g in removed],
-              "tokens_revoked": revoked_tokens}
+              "token_families_revoked": revoked_tokens}
     if as_json:
         emit_json(result)
         return
     out.print(f"revoked {len(removed)} remembered grant(s) of [bold]{escape(sub)}[/] for [bold]{escape(client)}[/]"
-              + (f"; {revoked_tokens} token(s) revoked" if revoked_tokens is not None else ""))
+              + f"; tokens of {revoked_tokens} login(s) revoked")

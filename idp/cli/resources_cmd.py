@@ -9,7 +9,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from ..clients import ClientError
-from ..oauth2.resource import ResourceRecord
+from ..oauth2.resource import ResourceRecord, tool_flags
 from .common import JsonOpt, emit_json, fail, out, print_table, provider, when
 
 app = typer.Typer(help="Register protected resources (MCP servers) and pull their catalogues.", no_args_is_help=True)
@@ -39,8 +39,7 @@ def _show(resource: ResourceRecord) -> None:
         rows = []
         for tool in tools:
             ann = tool.get("annotations") or {}
-            read_only = ann.get("readOnlyHint") is True
-            destructive = not read_only and ann.get("destructiveHint") is not False
+            destructive, read_only = tool_flags(tool)
             rows.append([escape(tool["name"]), escape(tool.get("title") or ann.get("title") or ""),
                          "[red]yes[/]" if destructive else "no", "yes" if read_only else "no",
                          escape((tool.get("description") or "")[:120])])

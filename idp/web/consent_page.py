@@ -117,7 +117,8 @@ def _entries(catalogue: Mapping[str, Any], kind: str, key: str) -> list[Mapping[
 
 
 def _tool_item(tool: Mapping[str, Any], capability: str, via: str | None) -> Item:
-    annotations = tool.get("annotations") if isinstance(tool.get("annotations"), Mapping) else {}
+    raw = tool.get("annotations")
+    annotations: Mapping[str, Any] = raw if isinstance(raw, Mapping) else {}
     name = str(tool["name"])
     title = _text(tool.get("title")) or _text(annotations.get("title")) or name
     return Item(capability=capability, kind="tool", name=name, title=title, description=_text(tool.get("description")),
@@ -158,12 +159,12 @@ def items_for(cap: Capability, catalogue: Mapping[str, Any]) -> list[Item]:
                      matches=matches[:EXPAND_LIMIT], listed=bool(matches))]
     if cap.method == "prompts/get":
         entries = _entries(catalogue, "prompts", "name")
-        found = [p for p in entries if cap.matches(cap.method, p["name"])]
-        single = found[0] if len(found) == 1 and found[0]["name"] == cap.pattern else None
+        prompts = [p for p in entries if cap.matches(cap.method, p["name"])]
+        single = prompts[0] if len(prompts) == 1 and prompts[0]["name"] == cap.pattern else None
         title = (_text(single.get("title")) if single else None) or f"Prompt {cap.pattern}"
         return [Item(text, "prompt", cap.pattern or "", title,
-                     description=_text(single.get("description")) if single else None, listed=bool(found),
-                     matches=tuple(str(p["name"]) for p in found[:EXPAND_LIMIT]) if not single else ())]
+                     description=_text(single.get("description")) if single else None, listed=bool(prompts),
+                     matches=tuple(str(p["name"]) for p in prompts[:EXPAND_LIMIT]) if not single else ())]
     return [Item(text, "method", cap.method, METHOD_TEXT.get(cap.method, cap.method))]
 
 

@@ -52,7 +52,7 @@ class Interactions:
                "expires_at": now + self._ttl}
         with self._engine.begin() as conn:
             conn.execute(insert(_table), [row])
-        return Interaction(row["id"], request, dict(data or {}), now, row["expires_at"])
+        return Interaction(str(row["id"]), request, dict(data or {}), now, now + self._ttl)
 
     def get(self, interaction_id: str) -> Interaction | None:
         """The unexpired interaction, or None (also for anything that cannot be an id)."""

@@ -24,8 +24,11 @@ LOCAL = "password"
 
 
 class LoginMethod(Protocol):
-    name: str
-    label: str
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def label(self) -> str: ...
 
     def start_url(self, interaction_id: str) -> str: ...
 

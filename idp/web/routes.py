@@ -22,7 +22,7 @@ from ..oauth2.authorization_request import AuthorizationError, InvalidAuthorizat
 from ..oauth2.errors import OAuthError
 from ..oauth2.subject import Subject
 from ..oauth2.throttle import TooManyFailures
-from . import csrf, flow
+from . import csrf, flow, login_methods
 from .interactions import valid_id
 from .login_methods import LOCAL
 from .pages import STATIC_DIR, redirect, render, security_headers, stores_of
@@ -176,7 +176,7 @@ def _password_page(request: Request, stores: object, interaction_id: str, status
 
     req = AuthorizationRequest.from_json(found.request)
     client = stores.clients.get(req.client_id)
-    several = len(flow.login_methods.available(stores)) > 1
+    several = len(login_methods.available(stores)) > 1
     response = render(request, "login.html", status=status, form_targets=[req.redirect_uri],
                       interaction_id=found.id, csrf=csrf.token(session, "login", found.id), error=error,
                       username=username, client_name=client.display_name if client else req.client_id,

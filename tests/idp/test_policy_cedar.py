@@ -149,6 +149,10 @@ def test_reload_on_change_keeps_the_last_good_set(tmp_path: Path, caplog: pytest
     assert "policy reload failed" in caplog.text
     change(OPS)
     assert len(policy.decide(ALICE, client(), SERVER, want).allowed) == 1
+    (folder / ".#ops.cedar").write_text("not cedar")  # an editor's lock file is not a policy
+    time.sleep(0.02)
+    assert policy.reload_if_changed(force=True) is False
+    assert len(policy.decide(ALICE, client(), SERVER, want).allowed) == 1
 
 
 def test_evaluation_errors_fail_closed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -187,3 +191,14 @@ def test_the_shipped_examples_load() -> None:
 def test_statement_splitter_skips_strings_and_comments() -> None:
     text = 'permit (principal, action, resource) when { "a;\\"b;" like "*" }; // x; y\n\n  forbid (p, a, r);'
     assert [line for line, _ in split_statements(text)] == [1, 3]
+
+
+def test_ids_and_claims_are_data_not_policy(tmp_path: Path) -> None:
+    """Quotes, newlines and Cedar syntax in a subject id or claim cannot change what a policy means."""
+    policy = Policy(write(tmp_path / "p", {"ops.cedar": OPS}))
+    want = caps("tools/call:deploy-prod")
+    for sub in ('x" || true || "', "a\nb", 'CBST::User::"alice"', ""):
+        tricky = Subject(sub, claims={"groups": ['ops") || true || ("'], "username": 'alice"'})
+        assert not len(policy.decide(tricky, client(), SERVER, want).allowed), sub
+    assert len(policy.decide(Subject('x" || true || "', claims={"groups": ["ops"]}), client(), SERVER,
+                             want).allowed) == 1

@@ -102,3 +102,14 @@ def test_broken_case_files_and_policies_are_one_line_errors(tmp_path: Path) -> N
 def test_schema_is_printed() -> None:
     res = run_cli("policy", "schema", env=ENV)
     assert res.returncode == 0 and "namespace CBST" in res.stdout and "action grant" in res.stdout
+
+
+def test_serve_refuses_to_start_with_a_broken_policy_folder(tmp_path: Path) -> None:
+    from idp_testing import free_port
+
+    folder = write(tmp_path / "p", {"a.cedar": "permit (principal, action, resource) when { resource.nope };"})
+    env = {**ENV, "IDP_DATABASE_URL": f"sqlite:///{tmp_path / 'idp.db'}", "IDP_KEYS_DIR": str(tmp_path / "keys"),
+           "IDP_POLICY_DIR": str(folder)}
+    res = run_cli("serve", "--port", str(free_port()), env=env, timeout=60)
+    assert res.returncode == 1 and "Traceback" not in res.stderr, res.stderr
+    assert f"{folder / 'a.cedar'}:1: attribute `nope`" in res.stderr

@@ -192,6 +192,11 @@ def _raw_app(answer: Any) -> Any:
         elif request["method"] == "server/discover":
             out = json.dumps({"jsonrpc": "2.0", "id": request["id"],
                               "error": {"code": -32601, "message": "nope"}}).encode()
+        elif answer == "redirect":
+            await send({"type": "http.response.start", "status": 307,
+                        "headers": [(b"location", b"http://169.254.169.254/latest/meta-data")]})
+            await send({"type": "http.response.body", "body": b""})
+            return
         elif answer == "hang":
             await asyncio.sleep(60)
             out = b""
@@ -217,7 +222,8 @@ def hostile(stack: Stack) -> Any:
     return register
 
 
-@pytest.mark.parametrize("case", ["too-many", "too-big", "bad-name", "malformed", "not-json", "hang", "dupes"])
+@pytest.mark.parametrize("case", ["too-many", "too-big", "bad-name", "malformed", "not-json", "hang", "dupes",
+                                  "endless", "redirect"])
 def test_hostile_servers_are_refused_and_nothing_is_stored(stack: Stack, hostile: Any, case: str) -> None:
     limits = Limits(max_entries=20, max_bytes=64 * 1024, timeout=3)
     app, expected = {
@@ -229,6 +235,8 @@ def test_hostile_servers_are_refused_and_nothing_is_stored(stack: Stack, hostile
         "not-json": (_raw_app(b"{\"jsonrpc\": \"2.0\", \"id\": "), "cannot list the catalogue"),
         "hang": (_raw_app("hang"), "did not answer within 3 s"),
         "dupes": (_raw_app({"tools": [{"name": "a", "inputSchema": {"type": "object"}}] * 2}), "listed twice"),
+        "endless": (_raw_app({"tools": [], "nextCursor": "again"}), "more than 50 pages"),
+        "redirect": (_raw_app("redirect"), "cannot list the catalogue"),
     }[case]
     with Threaded(app) as server:
         uri = hostile(server.url)

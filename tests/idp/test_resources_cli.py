@@ -5,6 +5,7 @@ on SQLite and PostgreSQL."""
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -151,6 +152,7 @@ def test_policy_intersects_the_client_credentials_grant(env: tuple[Provider, Tes
                                                  {"name": "add", "annotations": {"destructiveHint": False}},
                                                  {"name": "delete-file"}], "resources": [], "prompts": []},
                                  actor="test")
+    time.sleep(1.1)  # decisions re-read a resource's record at most once a second
     assert _token(http, client, secret).json()["scope"] == "tools/call:echo tools/call:add"
     res = _token(http, client, secret, scope="tools/call:delete-file")
     assert res.status_code == 400 and res.json()["error"] == "invalid_scope"

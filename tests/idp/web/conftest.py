@@ -20,7 +20,8 @@ CATALOGUE = {
     "tools": [
         {"name": "git-status", "title": "Git status", "description": "Show the working tree status",
          "annotations": {"readOnlyHint": True}},
-        {"name": "git-log", "description": "Show commit logs", "annotations": {"title": "Git log", "readOnlyHint": True}},
+        {"name": "git-log", "description": "Show commit logs",
+         "annotations": {"title": "Git log", "readOnlyHint": True}},
         {"name": "git-push", "title": "Git push", "description": "Update remote refs",
          "annotations": {"destructiveHint": True}},
         {"name": "deploy", "description": "Deploy to production"},  # no annotations: destructive (MCP default)
@@ -33,8 +34,8 @@ CATALOGUE = {
 
 def make_interactive_client(provider: Provider, name: str = "app", *, registered_by: str = "operator",
                             redirect_uris: tuple[str, ...] = (REDIRECT,), client_name: str | None = None) -> str:
-    client, secret = provider.clients.add(name, capabilities="tools/call:* resources/read:** prompts/get:* logging/setLevel",
-                                     audiences=[AUDIENCE])
+    caps = "tools/call:* resources/read:** prompts/get:* logging/setLevel"
+    client, secret = provider.clients.add(name, capabilities=caps, audiences=[AUDIENCE])
     import json
 
     table = sa.table("clients", sa.column("client_id"), sa.column("redirect_uris"), sa.column("grant_types"),

@@ -29,6 +29,10 @@ from .flows import (
 )
 
 
+def scopes(scope: str) -> set[str]:
+    return set(scope.split())
+
+
 def granted(provider: Provider, redirect: dict[str, str]) -> set[str]:
     return set(granted_scope(provider, redirect["code"]).split())
 
@@ -60,7 +64,7 @@ def test_login_consent_code_redirect(web_provider: Provider, browser: Any, clien
     resp = submit_consent(browser, consent)
     got = redirect_params(resp)
     assert got["state"] == params["state"] and got["iss"] == ISSUER and "code" in got
-    assert granted(web_provider, got) == set("tools/call:git-status prompts/get:summarize".split())
+    assert granted(web_provider, got) == scopes("tools/call:git-status prompts/get:summarize")
     [event] = consent_events(web_provider)
     assert event["event"] == "consent.granted" and event["client_id"] == client_id
     data = event["data"]
@@ -78,7 +82,7 @@ def test_remembered_consent_skips_the_page(web_provider: Provider, browser: Any,
         before = conn.execute(sa.text("SELECT count(*) FROM interactions")).scalar_one()
     resp = browser.get("/authorize?" + urlencode(authorize_params(client_id, "tools/call:git-status")))
     got = redirect_params(resp)
-    assert granted(web_provider, got) == set("tools/call:git-status".split())
+    assert granted(web_provider, got) == scopes("tools/call:git-status")
     with web_provider.engine.connect() as conn:
         assert conn.execute(sa.text("SELECT count(*) FROM interactions")).scalar_one() == before
     # prompt=consent asks anyway
@@ -87,13 +91,14 @@ def test_remembered_consent_skips_the_page(web_provider: Provider, browser: Any,
 
 
 def test_step_up_asks_only_for_the_new_capabilities(web_provider: Provider, browser: Any, client_id: str) -> None:
-    redirect_params(submit_consent(browser, consent_form(login_to_consent(browser, client_id, "tools/call:git-status"))))
+    first = login_to_consent(browser, client_id, "tools/call:git-status")
+    redirect_params(submit_consent(browser, consent_form(first)))
     page = authorize(browser, client_id, "tools/call:git-status prompts/get:summarize")
     consent = consent_form(page)
     assert consent.offered == {"prompts/get:summarize": True}
     assert 'id="covered"' in page.text and "tools/call:git-status" in page.text
     got = redirect_params(submit_consent(browser, consent))
-    assert granted(web_provider, got) == set("tools/call:git-status prompts/get:summarize".split())
+    assert granted(web_provider, got) == scopes("tools/call:git-status prompts/get:summarize")
     remembered = web_provider.consents.get(consent_events(web_provider)[0]["data"]["subject"], client_id, AUDIENCE)
     assert remembered == CapabilitySet.parse("tools/call:git-status prompts/get:summarize")  # the union
 
@@ -104,7 +109,7 @@ def test_pattern_expands_destructive_tools_unticked(web_provider: Provider, brow
     assert consent.offered == {"tools/call:git-status": True, "tools/call:git-log": True, "tools/call:git-push": False}
     assert "destructive" in consent.page and "Update remote refs" in consent.page
     got = redirect_params(submit_consent(browser, consent))  # as ticked by default
-    assert granted(web_provider, got) == set("tools/call:git-status tools/call:git-log".split())
+    assert granted(web_provider, got) == scopes("tools/call:git-status tools/call:git-log")
     [event] = consent_events(web_provider)
     assert event["data"]["refused"] == ["tools/call:git-push"]
     # the same request again asks only for git-push, still unticked
@@ -121,15 +126,15 @@ def test_remembered_pattern_does_not_cover_a_destructive_tool(web_provider: Prov
     redirect_params(submit_consent(browser, consent_form(page)))
     # a remembered tools/call:* covers read-only tools silently ...
     got = redirect_params(browser.get("/authorize?" + urlencode(authorize_params(client_id, "tools/call:search"))))
-    assert granted(web_provider, got) == set("tools/call:search".split())
+    assert granted(web_provider, got) == scopes("tools/call:search")
     # ... but never a destructive one: deploy (no annotations) and git-push are asked for, unticked
     consent = consent_form(authorize(browser, client_id, "tools/call:deploy tools/call:git-push tools/call:git-log"))
     assert consent.offered == {"tools/call:deploy": False, "tools/call:git-push": False}
     # an explicit approval of exactly deploy is remembered and then covers it
     got = redirect_params(submit_consent(browser, consent, grant=["tools/call:deploy"]))
-    assert granted(web_provider, got) == set("tools/call:deploy tools/call:git-log".split())
+    assert granted(web_provider, got) == scopes("tools/call:deploy tools/call:git-log")
     got = redirect_params(browser.get("/authorize?" + urlencode(authorize_params(client_id, "tools/call:deploy"))))
-    assert granted(web_provider, got) == set("tools/call:deploy".split())
+    assert granted(web_provider, got) == scopes("tools/call:deploy")
     # an unlisted tool counts as destructive too
     consent = consent_form(authorize(browser, client_id, "tools/call:unknown-tool"))
     assert consent.offered == {"tools/call:unknown-tool": False} and "not listed by the server" in consent.page
@@ -141,7 +146,7 @@ def test_partial_approval_grants_only_what_is_ticked(web_provider: Provider, bro
     assert set(consent.offered) == {"tools/call:git-status", "tools/call:git-log", "resources/read:file:///docs/**"}
     assert "Read me" in consent.page  # the resource pattern lists what it matches
     got = redirect_params(submit_consent(browser, consent, grant=["tools/call:git-log"]))
-    assert granted(web_provider, got) == set("tools/call:git-log".split())
+    assert granted(web_provider, got) == scopes("tools/call:git-log")
     data = consent_events(web_provider)[0]["data"]
     assert data["granted"] == "tools/call:git-log"
     assert data["refused"] == ["tools/call:git-status", "resources/read:file:///docs/**"]
@@ -162,7 +167,8 @@ def test_deny_is_access_denied_with_iss_and_state(web_provider: Provider, browse
 
 
 def test_approving_nothing_is_a_denial(web_provider: Provider, browser: Any, client_id: str) -> None:
-    resp = submit_consent(browser, consent_form(login_to_consent(browser, client_id, "tools/call:git-status")), grant=[])
+    page = login_to_consent(browser, client_id, "tools/call:git-status")
+    resp = submit_consent(browser, consent_form(page), grant=[])
     assert redirect_params(resp)["error"] == "access_denied"
 
 
@@ -188,7 +194,7 @@ def test_policy_denials_are_shown_not_grantable(web_provider: Provider, browser:
     assert consent.offered == {"tools/call:git-status": True}
     assert 'id="denied"' in page.text and "tools/call:deploy" in page.text
     got = redirect_params(submit_consent(browser, consent, grant=["tools/call:git-status"]))
-    assert granted(web_provider, got) == set("tools/call:git-status".split())
+    assert granted(web_provider, got) == scopes("tools/call:git-status")
     assert consent_events(web_provider)[0]["data"]["denied_by_policy"] == ["tools/call:deploy"]
     # everything denied: access_denied without a page
     resp = browser.get("/authorize?" + urlencode(authorize_params(client_id, "tools/call:deploy")))
@@ -208,7 +214,8 @@ def test_prompt_none_and_login_and_max_age(web_provider: Provider, browser: Any,
                                                                   state="s1")))
     got = redirect_params(resp)
     assert got["error"] == "login_required" and got["state"] == "s1" and got["iss"] == ISSUER
-    redirect_params(submit_consent(browser, consent_form(login_to_consent(browser, client_id, "tools/call:git-status"))))
+    first = login_to_consent(browser, client_id, "tools/call:git-status")
+    redirect_params(submit_consent(browser, consent_form(first)))
     # logged in and consented: prompt=none gets a code
     got = redirect_params(browser.get("/authorize?" + urlencode(
         authorize_params(client_id, "tools/call:git-status", prompt="none"))))
@@ -272,3 +279,17 @@ def test_chooser_lists_every_login_method(web_provider: Provider, browser: Any, 
         assert 'id="other-methods"' in password.text
     finally:
         login_methods._sources.remove(source)
+
+
+def test_consent_of_an_earlier_login_is_refused_after_a_new_login(web_provider: Provider, browser: Any,
+                                                                  client_id: str) -> None:
+    from .conftest import PASSWORD
+
+    first = consent_form(login_to_consent(browser, client_id, "tools/call:git-status"))
+    web_provider.users.add("carol", PASSWORD)
+    page = authorize(browser, client_id, "tools/call:git-log", prompt="login")
+    follow(browser, login(browser, page, username="carol"))
+    # alice's pending consent cannot be answered by carol's session (nor replayed with alice's form)
+    resp = submit_consent(browser, first)
+    assert resp.status_code == 403
+    assert consent_events(web_provider) == []

@@ -289,7 +289,8 @@ def test_hostile_forms_are_a_clean_400(web_provider: Provider, browser: Any, cli
     resp = browser.post("/login/password", data={"interaction": interaction, "csrf": csrf, "username": "alice",
                                                  "password": "p" * 5000})
     assert resp.status_code == 401  # too long to be a password: a failed login, not a crash
-    resp = browser.post("/authorize", content=b"a" * 20000, headers={"content-type": "application/x-www-form-urlencoded"})
+    resp = browser.post("/authorize", content=b"a" * 20000,
+                        headers={"content-type": "application/x-www-form-urlencoded"})
     assert resp.status_code == 400
     resp = browser.post("/consent", data={"interaction": interaction, "csrf": csrf, "action": "explode"})
     assert resp.status_code == 400
