@@ -14,6 +14,9 @@ export PIP_DISABLE_PIP_VERSION_CHECK := 1
 # the TypeScript client and a third-party stdio server come from npm (versions pinned by lockfiles).
 MCP1_VENV := .venv-mcp1
 MCP1_STAMP := $(MCP1_VENV)/.installed-mcp1
+# fastmcp (its client, on mcp 2.x) in a venv of its own: it pulls in a tree the IdP does not need.
+FASTMCP_VENV := .venv-fastmcp
+FASTMCP_STAMP := $(FASTMCP_VENV)/.installed-fastmcp
 NPM_DIRS := tests/interop/ts tests/gateway/npm tests/conformance tests/idp/upstream_oidc tests/browser/npm
 NPM_STAMPS := $(foreach d,$(NPM_DIRS),$(d)/node_modules/.package-lock.json)
 
@@ -51,12 +54,17 @@ $(MCP1_STAMP):
 	$(MCP1_VENV)/bin/pip install -q 'mcp>=1.10,<2' 'httpx>=0.28' 'cryptography>=44'
 	touch $@
 
+$(FASTMCP_STAMP):
+	$(PYTHON) -m venv $(FASTMCP_VENV)
+	$(FASTMCP_VENV)/bin/pip install -q 'fastmcp-slim[client]==4.1.6'
+	touch $@
+
 %/node_modules/.package-lock.json: %/package-lock.json
 	@command -v npm >/dev/null || { echo "installing Node.js and npm"; apt-get install -y -q nodejs npm >/dev/null || (apt-get update -q && apt-get install -y -q nodejs npm >/dev/null); }
 	cd $* && npm ci --no-audit --no-fund --loglevel=error
 	touch $@
 
-interop-deps: $(MCP1_STAMP) $(NPM_STAMPS)
+interop-deps: $(MCP1_STAMP) $(FASTMCP_STAMP) $(NPM_STAMPS)
 
 ## make test: the whole suite, on SQLite and on the local PostgreSQL
 test: install-dev system-deps interop-deps
@@ -80,4 +88,4 @@ screenshots: install-dev system-deps
 	PYTHONPATH=. $(BIN)/python tests/browser/screenshots.py
 
 clean:
-	rm -rf $(VENV) $(MCP1_VENV) .pytest_cache .hypothesis $(foreach d,$(NPM_DIRS),$(d)/node_modules)
+	rm -rf $(VENV) $(MCP1_VENV) $(FASTMCP_VENV) .pytest_cache .hypothesis $(foreach d,$(NPM_DIRS),$(d)/node_modules)

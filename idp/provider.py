@@ -94,6 +94,7 @@ class Provider:
         issuer = settings.issuer
         clients = ClientRegistry(engine)
         families = TokenFamilies(engine, settings)
+        documents = MetadataDocuments(engine, clients)
         resources = ResourceRegistry(engine)
         policy.resources = resources  # the catalogue tells policies which tools are destructive
         documents = MetadataDocuments(engine, clients)

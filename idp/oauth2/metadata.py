@@ -57,13 +57,18 @@ def authorization_server_metadata(settings: Settings) -> dict[str, Any]:
         doc["registration_endpoint"] = f"{issuer}/register"
     if settings.cimd_enabled:
         doc["client_id_metadata_document_supported"] = True
+    # RFC 8414 §2 scopes_supported: the OpenID Connect scopes and offline_access (see below); MCP
+    # clients read this document first, so the list must be here, not only in the OIDC one.
+    doc["scopes_supported"] = list(OIDC_SCOPES_SUPPORTED)
     return doc
 
 
 #: Kept short on purpose: older MCP clients request every scope listed here. Capabilities are
-#: per resource (its protected resource metadata lists them); offline_access is not listed, so
-#: clients ask for refresh tokens only when they mean to (RFC 9700 §2.2.2).
-OIDC_SCOPES_SUPPORTED = ("openid", "profile", "email")
+#: per resource (its protected resource metadata lists them). offline_access is listed because
+#: that is how an MCP client learns it may ask for a refresh token (MCP SEP-2207: the Python SDK
+#: 2.x appends it to its request only when the AS lists it, and only when it can use refresh
+#: tokens); refresh tokens are still issued only when it is requested.
+OIDC_SCOPES_SUPPORTED = ("openid", "profile", "email", "offline_access")
 
 
 def openid_configuration(settings: Settings) -> dict[str, Any]:

@@ -31,8 +31,9 @@ def test_oidc_discovery_3_every_required_member(env: Env) -> None:
     assert doc["authorization_endpoint"] == issuer + "/authorize"
     assert doc["userinfo_endpoint"] == issuer + "/userinfo"
     assert doc["response_types_supported"] == ["code"]
-    assert "openid" in doc["scopes_supported"] and "offline_access" not in doc["scopes_supported"]
-    assert len(doc["scopes_supported"]) <= 3  # older MCP clients request every listed scope
+    # offline_access is listed: MCP clients ask for refresh tokens when the AS lists it (SEP-2207)
+    assert "openid" in doc["scopes_supported"] and "offline_access" in doc["scopes_supported"]
+    assert len(doc["scopes_supported"]) <= 4  # older MCP clients request every listed scope
     assert {"sub", "iss", "aud", "email", "name"} <= set(doc["claims_supported"])
     assert "none" not in doc["id_token_signing_alg_values_supported"]
     assert doc["code_challenge_methods_supported"] == ["S256"]

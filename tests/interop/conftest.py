@@ -8,6 +8,7 @@ which the server reads on each request.
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import secrets
 import subprocess
@@ -21,8 +22,8 @@ from typing import Any
 
 import httpx
 import pytest
-
 from idp_testing import ServerProcess, env_for, free_port, random_kek, run_cli
+
 from idp.config import Settings
 from idp.provider import Provider
 
@@ -147,18 +148,17 @@ class McpServer:
     log: Path
 
 
-@pytest.fixture(scope="session")
-def mcp_server(idp: IdP, tmp_path_factory: pytest.TempPathFactory) -> Iterator[McpServer]:
-    """``server_app.py`` (official mcp SDK + CBSTMiddleware) under uvicorn on a free port."""
+@contextlib.contextmanager
+def mcp_server_process(issuer: str, log: Path, ready_timeout: float = 60) -> Iterator[McpServer]:
+    """``server_app.py`` (official mcp SDK + CBSTMiddleware) under uvicorn on a free port, for ``issuer``."""
     port = free_port()
-    log = tmp_path_factory.mktemp("mcp") / "server.log"
     with open(log, "wb") as fh:
         proc = subprocess.Popen(
-            [sys.executable, str(HERE / "server_app.py"), "--issuer", idp.url, "--port", str(port),
+            [sys.executable, str(HERE / "server_app.py"), "--issuer", issuer, "--port", str(port),
              "--revocation-poll", str(REVOCATION_POLL)], stdout=fh, stderr=subprocess.STDOUT)
     server = McpServer(f"http://127.0.0.1:{port}/mcp", proc, log)
     try:
-        deadline = time.monotonic() + 30
+        deadline = time.monotonic() + ready_timeout  # generous: a loaded 2-core machine is slow to import
         while True:
             if proc.poll() is not None:
                 raise RuntimeError(f"MCP server exited early:\n{log.read_text()}")
@@ -179,3 +179,19 @@ def mcp_server(idp: IdP, tmp_path_factory: pytest.TempPathFactory) -> Iterator[M
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait(5)
+
+
+@pytest.fixture(scope="session")
+def mcp_server(idp: IdP, tmp_path_factory: pytest.TempPathFactory) -> Iterator[McpServer]:
+    """``server_app.py`` (official mcp SDK + CBSTMiddleware) under uvicorn on a free port."""
+    with mcp_server_process(idp.url, tmp_path_factory.mktemp("mcp") / "server.log") as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def registered_resource(idp: IdP, mcp_server: McpServer) -> str:
+    """The MCP server registered as a protected resource (``idp resources add``): the IdP mints
+    tokens only for registered resources."""
+    if idp.provider.resources.get(mcp_server.url) is None:
+        idp.provider.resources.add(mcp_server.url, name="CBST interop server", actor="test")
+    return mcp_server.url
