@@ -70,7 +70,7 @@ interop-deps: $(MCP1_STAMP) $(FASTMCP_STAMP) $(NPM_STAMPS)
 test: install-dev system-deps interop-deps
 	$(BIN)/ruff check idp sdk gateway
 	$(BIN)/mypy
-	$(BIN)/python -m pytest -q -n auto
+	$(BIN)/python -m pytest -q -n auto --dist loadgroup
 
 BENCH_STAMP := $(VENV)/.installed-bench-$(shell sha1sum pyproject.toml | cut -c1-12)
 $(BENCH_STAMP): | $(BIN)/python

@@ -23,7 +23,17 @@ from browser_support import (
 )
 
 
-@pytest.fixture(scope="session")
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Every browser test in one xdist group (``make test`` runs ``--dist loadgroup``), so they run
+    back to back on one worker, which then closes the browser: Playwright's sync API keeps an
+    event loop running in the thread while it is open, and every other test there that calls
+    ``asyncio.run()`` would fail ("cannot be called from a running event loop")."""
+    for item in items:
+        if "tests/browser/" in item.nodeid.replace("\\", "/") or item.nodeid.startswith("browser/"):
+            item.add_marker(pytest.mark.xdist_group("browser"))
+
+
+@pytest.fixture(scope="module")  # closed before the worker runs tests of other modules (see above)
 def browser() -> Iterator[Any]:
     if not chromium_available():
         pytest.skip(f"no system Chromium at {CHROMIUM} (Debian package `chromium`; `make system-deps` installs it)")

@@ -98,6 +98,8 @@ def test_every_security_event_has_an_audit_record_and_a_json_log_line(provider: 
                       "token.issued", "token.issued", "token.issued", "token.revoked",
                       "token.revoked", "key.created", "key.retired",
                       "token.revoked", "client.disabled"]  # disabling revokes the third, still-valid token
+    assert [r["data"]["uri"] for r in records[1:3]] == [AUDIENCE, "https://other.example/mcp"]
+    logged_records, records = records, [r for r in records if r["event"] != "resource.registered"]
     reg = records[0]
     assert reg["client_id"] == client.client_id
     assert reg["data"]["name"] == "auditee"
@@ -117,7 +119,7 @@ def test_every_security_event_has_an_audit_record_and_a_json_log_line(provider: 
     # One JSON log line per record, carrying the same facts.
     logged = [o for o in audit_log.objects() if o.get("logger") == "cbst.audit"]
     assert [o["msg"] for o in logged] == events
-    for obj, rec in zip(logged, records, strict=True):
+    for obj, rec in zip(logged, logged_records, strict=True):
         audit = obj["audit"]
         assert audit["event"] == rec["event"] and audit["ts"] == rec["ts"] and audit["actor"] == rec["actor"]
         assert audit.get("client_id") == rec["client_id"] and audit.get("jti") == rec["jti"]
@@ -225,8 +227,9 @@ def test_cli_changes_also_write_a_json_audit_log_line(settings: Settings, provid
 
     res = run_cli("--verbose", "clients", "add", "logged", "--capabilities", "tools/call:*", "--audience", AUDIENCE, "--json", env=env)
     added = json.loads(res.stdout)  # stdout stays a clean JSON document
-    (line,) = audit_lines(res)
+    line, resource_line = audit_lines(res)  # its audience is registered as a resource with it
     assert line["msg"] == "client.registered" and line["audit"]["client_id"] == added["client_id"]
+    assert resource_line["msg"] == "resource.registered" and resource_line["audit"]["data"]["uri"] == AUDIENCE
     assert added["client_secret"] not in res.stderr
 
     res = run_cli("--verbose", "keys", "rotate", "--json", env=env)
