@@ -167,7 +167,8 @@ class Target:
     start: list[str]                           # argv, templated ({port}, {tmpdir}, {venv})
     env: dict[str, str] = field(default_factory=dict)
     cwd: str | None = None
-    setup: list[list[str]] = field(default_factory=list)   # run before start; JSON output scanned
+    # run before start, in order: argv, or (argv, stdin text); a JSON line with client_id is read
+    setup: list[list[str] | tuple[list[str], str]] = field(default_factory=list)
     after_start: Callable[["Proc"], None] | None = None     # e.g. register via HTTP
     ready_path: str = "/.well-known/openid-configuration"
     client_id: str = CLIENT_NAME                # replaced by setup output that has client_id
@@ -226,11 +227,10 @@ def ours_target(venv: Path, src: Path) -> Target:
              "IDP_KEYSTORE_PASSPHRASE": "bench-passphrase",
              "IDP_LOG_LEVEL": "warning",
              # One driver on one address stands for many clients (docs/operations.md).
-             "IDP_CLIENT_CONNECTIONS": "0",
-             "BENCH_USER_PASSWORD": PASSWORD},
+             "IDP_CLIENT_CONNECTIONS": "0"},
         cwd="{tmpdir}",
         setup=[
-            [*idp, "users", "add", USER, "--password-env", "BENCH_USER_PASSWORD", "--json"],
+            ([*idp, "users", "add", USER, "--password-stdin", "--json"], PASSWORD + "\n"),
             [*idp, "resources", "add", AUDIENCE, "--name", "Bench documents", "--json"],
             [str(venv / "bin" / "python"), "-c", set_catalogue, AUDIENCE, json.dumps(catalogue)],
             [*idp, "clients", "add", CLIENT_NAME, "--public", "--redirect-uri", REDIRECT_URI,
@@ -286,16 +286,22 @@ class Proc:
         return f"http://127.0.0.1:{self.port}"
 
     def fmt(self, s: str) -> str:
-        return s.format(port=self.port, tmpdir=self.tmpdir, python=sys.executable, bench=BENCH_DIR)
+        # Only these placeholders (arguments may be JSON, with braces of their own).
+        for k, v in (("port", self.port), ("tmpdir", self.tmpdir), ("python", sys.executable), ("bench", BENCH_DIR)):
+            s = s.replace("{" + k + "}", str(v))
+        return s
 
     def start(self) -> None:
         env = dict(os.environ)
         env.update({k: self.fmt(v) for k, v in self.t.env.items()})
         cwd = self.fmt(self.t.cwd) if self.t.cwd else None
         for cmd in self.t.setup:
+            stdin = None
+            if isinstance(cmd, tuple):
+                cmd, stdin = cmd
             argv = [self.fmt(a) for a in cmd]
-            log(f"{self.t.key}: setup: {' '.join(argv)}")
-            out = subprocess.run(argv, env=env, cwd=cwd, capture_output=True, text=True, timeout=120)
+            log(f"{self.t.key}: setup: {' '.join(argv)[:200]}")
+            out = subprocess.run(argv, env=env, cwd=cwd, capture_output=True, text=True, timeout=120, input=stdin)
             if out.returncode != 0:
                 raise RuntimeError(f"{self.t.key}: setup command failed ({out.returncode}): "
                                    f"{' '.join(argv)}\n{out.stdout}\n{out.stderr}")
@@ -945,7 +951,8 @@ def run(cfg: Config) -> dict:
                    "tmp_dir": str(tmp_root.parent), "scope": REQUEST_SCOPE, "resource": AUDIENCE,
                    "redirect_uri": REDIRECT_URI},
         "machine": machine_info(), "git": git_info(), "versions": versions,
-        "targets": {k: {"label": p.t.label, "argv": p.argv, "setup": [[p.fmt(a) for a in c] for c in p.t.setup],
+        "targets": {k: {"label": p.t.label, "argv": p.argv,
+                        "setup": [[p.fmt(a) for a in (c[0] if isinstance(c, tuple) else c)] for c in p.t.setup],
                         "client_id": p.client_id, "authorization_endpoint": p.authorize_path,
                         "token_endpoint": p.token_path, "check": p.setup_info}
                     for k, p in procs.items()},
