@@ -22,7 +22,7 @@ from starlette.middleware.cors import CORSMiddleware
 
 from . import __version__, blocking, clock, logs
 from .config import Settings
-from .oauth2 import introspection, metadata, revocation, token_endpoint
+from .oauth2 import introspection, metadata, revocation, token_endpoint, userinfo
 from .oauth2.errors import InvalidRequest, OAuthError, OAuthResponse, ServerBusy
 from .oauth2.forms import Form, parse_form
 from .oauth2.request import OAuthRequest
@@ -94,7 +94,7 @@ class OAuthEndpoints:
             request = self._request(scope, headers, parse_form(headers.get("content-type"), body))
             stores = self._provider()
             result: OAuthResponse
-            if handler is token_endpoint.token and self._on_loop(stores):
+            if handler is token_endpoint.token and self._on_loop(stores) and not token_endpoint.writes(request):
                 outcome = handler(stores, request)
                 result = await outcome if asyncio.iscoroutine(outcome) else outcome
             else:
@@ -212,6 +212,13 @@ def create_app(settings: Settings | None = None, provider: Provider | None = Non
         active = await blocking.call(settings.database_timeout, prov().revocations.active, now)
         body = {"issuer": settings.issuer, "generated_at": now, "revoked": active}
         return _json(200, body, {"Cache-Control": f"public, max-age={REVOCATION_LIST_MAX_AGE}"})
+
+    # --- OpenID Connect userinfo (codeflow) ---
+    @app.api_route("/userinfo", methods=["GET", "POST"], tags=["oidc"])
+    async def userinfo_endpoint(request: Request) -> Response:
+        result = await blocking.call(settings.database_timeout, userinfo.userinfo, prov(),
+                                     request.headers.get("authorization"))
+        return _json(result.status, result.body, result.headers)
 
     async def post_only(request: Request) -> Response:  # never reached: OAuthEndpoints answers POST
         raise StarletteHTTPException(405, headers={"Allow": "POST"})

@@ -22,7 +22,7 @@ from sdk.capabilities import CapabilityError, CapabilitySet
 from . import audit, clock
 from .errors import IdPError
 from .models import AuditEvent, Client, RevokedToken
-from .oauth2 import client_auth
+from .oauth2 import client_auth, redirect_uris
 from .oauth2.client import CLIENT, KINDS, ClientRecord, hash_secret
 from .sql import Prepared
 
@@ -61,6 +61,39 @@ def validate_audience(uri: str) -> str:
     ):
         raise ClientError(f"audience {uri!r} must be an absolute URI without fragment (RFC 8707)")
     return uri
+
+
+#: Grants a client may be registered for (RFC 7591 §2 grant_types), from the grant registry.
+INTERACTIVE_GRANTS = ("authorization_code", "refresh_token")
+
+
+def validate_redirect_uris(uris: list[str] | tuple[str, ...]) -> tuple[str, ...]:
+    """Redirect URIs as the authorization endpoint will match them (idp.oauth2.redirect_uris)."""
+    try:
+        return redirect_uris.validate_all(uris)
+    except redirect_uris.RedirectUriError as exc:
+        raise ClientError(str(exc)) from None
+
+
+def validate_grant_types(grant_types: list[str] | tuple[str, ...] | None, *, redirect_uris: list[str] | tuple[str, ...],
+                         auth_method: str) -> tuple[str, ...]:
+    """RFC 7591 §2 grant_types: registered grants only; refresh tokens only beside the code grant;
+    no client credentials for a public client (it has none)."""
+    from .oauth2 import grants as grant_registry
+
+    if grant_types is None:
+        grant_types = ["authorization_code"] if redirect_uris else ["client_credentials"]
+    out = tuple(dict.fromkeys(grant_types))
+    unknown = [g for g in out if g not in grant_registry.GRANTS]
+    if unknown:
+        raise ClientError(f"unknown grant type {unknown[0]!r}; one of: {', '.join(grant_registry.GRANTS)}")
+    if not out:
+        raise ClientError("a client needs at least one grant type")
+    if "refresh_token" in out and "authorization_code" not in out:
+        raise ClientError("the refresh_token grant needs the authorization_code grant")
+    if auth_method == "none" and "client_credentials" in out:
+        raise ClientError("a public client (auth none) cannot use the client_credentials grant")
+    return out
 
 
 def validate_jwks(jwks: Any) -> dict[str, Any]:
@@ -137,8 +170,14 @@ class ClientRegistry:
         jwks: dict[str, Any] | None = None,
         kind: str = CLIENT,
         actor: str = "cli",
+        redirect_uris: list[str] | tuple[str, ...] = (),
+        grant_types: list[str] | tuple[str, ...] | None = None,
     ) -> tuple[ClientRecord, str | None]:
-        """Register a client; returns it and, for secret methods, the secret (shown once)."""
+        """Register a client; returns it and, for secret methods, the secret (shown once).
+
+        ``grant_types`` defaults to client credentials, or to the authorization code grant when
+        redirect URIs are given. An interactive client may have no capabilities: then the policy
+        and the person's consent alone decide what it gets (with capabilities, they are its ceiling)."""
         if not isinstance(name, str) or not _NAME.fullmatch(name):
             raise ClientError(
                 "name must be 1-128 characters of letters, digits, '.', '_' or '-', starting alphanumeric")
@@ -146,7 +185,13 @@ class ClientRegistry:
             caps = CapabilitySet.parse(capabilities)
         except CapabilityError as exc:
             raise ClientError(str(exc)) from None
-        if not len(caps):
+        grants = validate_grant_types(grant_types, redirect_uris=redirect_uris, auth_method=auth_method)
+        uris = validate_redirect_uris(redirect_uris)
+        if "authorization_code" in grants and not uris:
+            raise ClientError("the authorization_code grant needs at least one --redirect-uri")
+        if uris and "authorization_code" not in grants:
+            raise ClientError("redirect URIs are only for the authorization_code grant")
+        if not len(caps) and "client_credentials" in grants:
             raise ClientError("a client needs at least one capability")
         if kind not in KINDS:
             raise ClientError(f"kind must be one of {', '.join(KINDS)}")
@@ -157,7 +202,10 @@ class ClientRegistry:
             raise ClientError(f"at most {MAX_AUDIENCES} audiences")
         auds = tuple(dict.fromkeys(validate_audience(a) for a in audiences))
         secret: str | None = None
-        if method.credential == "jwks":
+        if method.credential == "none":
+            if jwks is not None:
+                raise ClientError("a public client (auth none) has no keys")
+        elif method.credential == "jwks":
             if jwks is None:
                 raise ClientError(f"{auth_method} needs the client's public keys (--jwks FILE)")
             jwks = validate_jwks(jwks)
@@ -179,8 +227,8 @@ class ClientRegistry:
             "created_at": now,
             "updated_at": now,
             "kind": kind,
-            "redirect_uris": "[]",
-            "grant_types": '["client_credentials"]',
+            "redirect_uris": json.dumps(list(uris)),
+            "grant_types": json.dumps(list(grants)),
             "registered_by": "operator",
             "client_metadata": None,
             "registration_token_hash": None,
@@ -194,7 +242,7 @@ class ClientRegistry:
                 tx.record(audit.Record(
                     "client.registered", actor, client_id=client_id,
                     data={"name": name, "kind": kind, "auth_method": auth_method, "capabilities": row["capabilities"],
-                          "audiences": list(auds)},
+                          "audiences": list(auds), "redirect_uris": list(uris), "grant_types": list(grants)},
                 ))
         except IntegrityError:
             raise ClientError(f"a client named {name!r} already exists") from None

@@ -76,6 +76,17 @@ class Settings(BaseSettings):
         64, ge=0, description="Open connections per client address and worker process; 0 = no limit."
     )
 
+    # --- authorization code flow (docs/authorization.md) ---
+    authorization_code_ttl: int = Field(60, ge=10, le=600, description="Authorization code lifetime, seconds.")
+    refresh_token_ttl: int = Field(
+        14 * 86400, ge=60, le=365 * 86400, description="Refresh token lifetime (each rotation renews it), seconds.")
+    refresh_family_lifetime: int = Field(
+        90 * 86400, ge=60, le=3 * 365 * 86400,
+        description="Longest a login's refresh-token chain lasts, however often it rotates, seconds.")
+    refresh_retry_grace: int = Field(
+        10, ge=0, le=300,
+        description="A client may retry a refresh whose answer it lost within this many seconds; 0 = never.")
+
     @field_validator("issuer")
     @classmethod
     def _issuer(cls, value: str) -> str:

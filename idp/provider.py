@@ -15,6 +15,7 @@ from sqlalchemy import Engine
 
 from . import audit, db
 from .assertion_jtis import AssertionReplayCache
+from .authorization_codes import AuthorizationCodes
 from .clients import ClientRegistry
 from .config import Settings
 from .keystore import Keystore
@@ -25,6 +26,7 @@ from .policy import Policy
 from .resources import ResourceRegistry
 from .revocations import RevocationList
 from .signing_keys import KeyRing
+from .token_families import TokenFamilies
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,6 +66,8 @@ class Provider:
     resources: ResourceRegistry
     policy: Policy
     client_resolver: RegisteredClients
+    token_families: TokenFamilies
+    authorization_codes: AuthorizationCodes
     _committer: audit.GroupCommitter | None = field(default=None, repr=False)
     _last_forced_key_refresh: float = field(default=float("-inf"), repr=False)
 
@@ -82,6 +86,7 @@ class Provider:
             keys.ensure_initial_key()
         issuer = settings.issuer
         clients = ClientRegistry(engine)
+        families = TokenFamilies(engine, settings)
         return cls(
             settings=settings,
             engine=engine,
@@ -104,6 +109,8 @@ class Provider:
             resources=ResourceRegistry(engine),
             policy=Policy(),
             client_resolver=RegisteredClients(clients),
+            token_families=families,
+            authorization_codes=AuthorizationCodes(engine, settings, families),
         )
 
     @property
@@ -132,6 +139,8 @@ class Provider:
             events.append(f"pruned {pruned} audit records")
         self.revocations.prune()
         self.assertion_jtis.prune()
+        self.authorization_codes.prune()
+        self.token_families.prune()
         return events
 
     def close(self) -> None:

@@ -24,8 +24,12 @@ MAX_GAPS = 10000
 
 
 # The events the IdP records (docs/cli.md#audit-events); those found in the database count too.
-EVENTS = ("client.registered", "client.enabled", "client.disabled", "client.removed",
-          "token.issued", "token.revoked", "key.created", "key.retired")
+EVENTS: tuple[str, ...] = ("client.registered", "client.enabled", "client.disabled", "client.removed",
+                          "token.issued", "token.revoked", "key.created", "key.retired")
+# --- authorization code flow (docs/authorization.md) ---
+CODE_FLOW_EVENTS = ("authorization_code.issued", "authorization_code.replayed", "refresh_token.retried",
+                    "refresh_token.reused", "token_family.revoked")
+EVENTS = (*EVENTS, *CODE_FLOW_EVENTS)
 
 
 def _pattern(event: str) -> re.Pattern[str]:

@@ -52,7 +52,8 @@ def _show(client: ClientRecord, secret: str | None = None) -> None:
 def add(
     name: Annotated[str, typer.Argument(help="Unique client name.")],
     capabilities: Annotated[str, typer.Option(
-        "--capabilities", help='Space-separated, e.g. "tools/call:* resources/read:file:///docs/**".')],
+        "--capabilities", help='Space-separated, e.g. "tools/call:* resources/read:file:///docs/**". Required for '
+        "client credentials; for an interactive client it is a ceiling (omit it: policy and consent decide).")] = "",
     audience: Annotated[list[str] | None, typer.Option(
         "--audience", help="Resource URI the client may get tokens for (repeatable).")] = None,
     auth: Annotated[str, typer.Option(
@@ -62,9 +63,22 @@ def add(
     resource_server: Annotated[bool, typer.Option(
         "--resource-server",
         help="The client of a protected resource: it may introspect tokens for its --audience URIs.")] = False,
+    redirect_uri: Annotated[list[str] | None, typer.Option(
+        "--redirect-uri", help="Redirect URI of an interactive client (repeatable): https, a loopback http URI "
+        "(any port matches) or a private-use scheme like com.example.app:/cb.")] = None,
+    public: Annotated[bool, typer.Option(
+        "--public", help="A public client (auth none: no secret; PKCE protects its codes), e.g. a desktop app.",
+    )] = False,
+    grant_type: Annotated[list[str] | None, typer.Option(
+        "--grant-type", help="Grant the client may use (repeatable): client_credentials, authorization_code, "
+        "refresh_token. Default: authorization_code with --redirect-uri, else client_credentials.")] = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Register a client and print its client_id (and, once, its generated secret)."""
+    if public:
+        if auth not in ("client_secret_basic", "none"):
+            fail("--public is auth none; do not combine it with --auth", as_json=as_json)
+        auth = "none"
     jwks_doc = None
     if jwks is not None:
         try:
@@ -76,7 +90,8 @@ def add(
         try:
             client, secret = prov.clients.add(name, capabilities=capabilities, audiences=audience or [],
                                               auth_method=auth, jwks=jwks_doc,
-                                              kind=RESOURCE_SERVER if resource_server else CLIENT)
+                                              kind=RESOURCE_SERVER if resource_server else CLIENT,
+                                              redirect_uris=redirect_uri or [], grant_types=grant_type)
         except ClientError as exc:
             fail(str(exc), as_json=as_json)
     if as_json:
@@ -85,7 +100,7 @@ def add(
     _show(client, secret)
     if secret:
         out.print("[dim]The secret is shown only now; it is stored hashed.[/]")
-    if not client.audiences:
+    if not client.audiences and "client_credentials" in client.grant_types:
         out.print("[yellow]warning:[/] no --audience: this client cannot get tokens until it has one."
                   + (" A resource server introspects only tokens for its audiences." if resource_server else ""))
 
@@ -101,9 +116,11 @@ def list_(as_json: JsonOpt = False) -> None:
     if not clients:
         out.print("[dim]no clients[/]")
         return
-    print_table(["name", "client_id", "kind", "auth", "enabled", "capabilities", "audiences"],
+    print_table(["name", "client_id", "kind", "auth", "enabled", "grants", "capabilities", "audiences",
+                 "redirect_uris"],
                 [[escape(c.name), escape(c.client_id), c.kind, c.auth_method, "yes" if c.enabled else "[red]no[/]",
-                  escape(c.capabilities.to_scope()), escape(" ".join(c.audiences))] for c in clients],
+                  " ".join(c.grant_types), escape(c.capabilities.to_scope()), escape(" ".join(c.audiences)),
+                  escape(" ".join(c.redirect_uris))] for c in clients],
                 ids={"name", "client_id"})
 
 

@@ -15,7 +15,7 @@ from sdk import jws
 from .. import clock
 from .client import RESOURCE_SERVER, ClientRecord
 from .client_auth import authenticate, failures_audited
-from .errors import NO_STORE, InvalidRequest, OAuthResponse
+from .errors import NO_STORE, InvalidRequest, OAuthResponse, UnauthorizedClient
 from .request import OAuthRequest
 
 if TYPE_CHECKING:
@@ -72,6 +72,8 @@ def authenticated_token(stores: Stores, request: OAuthRequest) -> tuple[ClientRe
 @failures_audited
 def introspect(stores: Stores, request: OAuthRequest) -> OAuthResponse:
     client, claims = authenticated_token(stores, request)
+    if client.auth_method == "none":  # RFC 7662 §2.1: the caller must be authenticated
+        raise UnauthorizedClient("a public client cannot introspect tokens")
     if claims is None or not may_see(client, claims):
         return OAuthResponse(200, dict(INACTIVE), dict(NO_STORE))
     return OAuthResponse(200, {"active": True, "token_type": "Bearer", **claims}, dict(NO_STORE))

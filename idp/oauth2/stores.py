@@ -7,13 +7,14 @@ path for SQLite and PostgreSQL.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from typing import TYPE_CHECKING, Any, Protocol
 
 from sdk.capabilities import CapabilitySet
 from sdk.jws import PrivateKey, PublicKey
 
 from .client import ClientRecord
+from .grant_records import Authorization, CodeRecord, RefreshRotation
 from .resource import ResourceRecord
 from .subject import Subject
 
@@ -69,6 +70,38 @@ class ResourceStore(Protocol):
         """The registered protected resource, or None (the IdP mints tokens only for these)."""
 
 
+class AuthorizationCodeStore(Protocol):
+    """Authorization codes (RFC 6749 §4.1.2): hashed, short-lived, single use."""
+
+    def issue(self, *, client_id: str, redirect_uri: str, resource: str, scope: str, other_scopes: list[str],
+              code_challenge: str, nonce: str | None, subject: Subject, auth_time: int, session_id: str) -> str: ...
+
+    def get(self, code: str) -> CodeRecord | None: ...
+
+    def consume(self, record: CodeRecord) -> bool:
+        """Atomically mark the code used and start its token family; False if it was already used."""
+
+    def replayed(self, record: CodeRecord, *, actor: str) -> int:
+        """Revoke every token issued from a code redeemed twice (audited)."""
+
+
+class TokenFamilyStore(Protocol):
+    """Tokens issued from one code: access tokens by jti, rotated refresh tokens (idp.token_families)."""
+
+    def add_tokens(self, auth: Authorization, *, jti: str, access_expires_at: int,
+                   refresh: bool) -> tuple[str | None, int | None]: ...
+
+    def record_access_token(self, family_id: str, *, jti: str, access_expires_at: int) -> None: ...
+
+    def rotate(self, token: str, *, client_id: str,
+               check: Callable[[Authorization], None] | None = None) -> RefreshRotation: ...
+
+    def revoke_refresh_token(self, token: str, *, client_id: str) -> bool: ...
+
+    def revoke_for(self, subject: str, client_id: str | None = None, resource: str | None = None, *,
+                   reason: str, actor: str) -> int: ...
+
+
 class Stores(Protocol):
     """Everything a handler is given: the storage behind these interfaces plus settings."""
 
@@ -104,6 +137,12 @@ class Stores(Protocol):
 
     @property
     def policy(self) -> PolicyDecider: ...
+
+    @property
+    def authorization_codes(self) -> AuthorizationCodeStore: ...
+
+    @property
+    def token_families(self) -> TokenFamilyStore: ...
 
     def refresh_keys_for_unknown_kid(self) -> bool:
         """Re-read the key set once when a token names an unknown kid (rate-limited)."""

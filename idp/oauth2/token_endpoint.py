@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 from . import access_token
 from .client_auth import authenticate, failures_audited
 from .errors import NO_STORE, InvalidRequest, OAuthResponse, UnsupportedGrantType
-from .grants import GRANTS
+from .grants import GRANTS, Issuance
 from .request import OAuthRequest
 
 if TYPE_CHECKING:
@@ -36,16 +36,32 @@ def token(stores: Stores, request: OAuthRequest) -> Coroutine[Any, Any, OAuthRes
         if required and name not in form:
             raise InvalidRequest(f"{name} is required")
     client = authenticate(stores, request)
-    claims = grant.issue(stores, client, request)
-    token_value = access_token.sign(stores.keys.signer(claims["iat"]), claims)
-    return _issued(stores, grant_type, claims, token_value)
+    result = grant.issue(stores, client, request)
+    if type(result) is dict:  # the common case (client credentials): just an access token
+        claims, extra, audit = result, None, None
+        token_value = access_token.sign(stores.keys.signer(claims["iat"]), claims)
+    else:
+        assert isinstance(result, Issuance)
+        claims, audit = result.claims, result.audit
+        token_value = access_token.sign(stores.keys.signer(claims["iat"]), claims)
+        extra = result.complete(token_value)
+    return _issued(stores, grant_type, claims, token_value, extra, audit)
 
 
-async def _issued(stores: Stores, grant_type: str, claims: dict[str, Any], token_value: str) -> OAuthResponse:
+def writes(request: OAuthRequest) -> bool:
+    """Whether the grant this token request names writes to the database (see Grant.writes)."""
+    grant = GRANTS.get(request.form.get("grant_type") or "")
+    return grant is not None and bool(getattr(grant, "writes", True))
+
+
+async def _issued(stores: Stores, grant_type: str, claims: dict[str, Any], token_value: str,
+                  extra: dict[str, Any] | None, audit: dict[str, Any] | None) -> OAuthResponse:
     client_id, now, exp = claims["client_id"], claims["iat"], claims["exp"]
-    await stores.audit_log.record(
-        "token.issued", client_id, client_id=client_id, jti=claims["jti"], ts=now,
-        data={"grant_type": grant_type, "scope": claims["scope"], "aud": claims["aud"], "exp": exp},
-    )
+    data = {"grant_type": grant_type, "scope": claims["scope"], "aud": claims["aud"], "exp": exp}
+    if audit:
+        data.update(audit)
+    await stores.audit_log.record("token.issued", client_id, client_id=client_id, jti=claims["jti"], ts=now, data=data)
     body = {"access_token": token_value, "token_type": "Bearer", "expires_in": exp - now, "scope": claims["scope"]}
+    if extra:
+        body.update(extra)
     return OAuthResponse(200, body, dict(NO_STORE))

@@ -66,14 +66,19 @@ def test_rfc8414_2_authorization_server_metadata_members(env: Env) -> None:
     assert "client_credentials" in doc["grant_types_supported"]
     assert isinstance(doc["response_types_supported"], list)  # REQUIRED by RFC 8414 §2
     for prefix in ("token_endpoint", "introspection_endpoint", "revocation_endpoint"):
-        assert set(doc[f"{prefix}_auth_methods_supported"]) == AUTH_METHODS
+        # Public clients ("none") get and revoke tokens; introspection needs an authenticated caller.
+        public = set() if prefix == "introspection_endpoint" else {"none"}
+        assert set(doc[f"{prefix}_auth_methods_supported"]) == AUTH_METHODS | public
         # §2: required when private_key_jwt is listed; "none" MUST NOT be used.
         algs = doc[f"{prefix}_auth_signing_alg_values_supported"]
         assert algs and "none" not in algs and "HS256" not in algs
         assert {"ES256", "RS256"} <= set(algs)
-    # Nothing advertised that the server does not do.
-    assert "authorization_endpoint" not in doc
-    assert set(doc["grant_types_supported"]) == {"client_credentials"}
+    # Exactly what the server does (the authorization code flow, docs/authorization.md).
+    assert doc["authorization_endpoint"] == issuer + "/authorize"
+    assert set(doc["grant_types_supported"]) == {"client_credentials", "authorization_code", "refresh_token"}
+    assert doc["response_types_supported"] == ["code"]
+    assert doc["code_challenge_methods_supported"] == ["S256"]
+    assert doc["authorization_response_iss_parameter_supported"] is True
 
 
 def test_oidc_discovery_3_openid_configuration_members(env: Env) -> None:

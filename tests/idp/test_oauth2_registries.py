@@ -136,7 +136,9 @@ def test_metadata_lists_exactly_the_registries(env: Env) -> None:
     doc = env.http.get(RFC8414).json()
     assert doc["grant_types_supported"] == list(grants.GRANTS)
     for endpoint in ("token", "introspection", "revocation"):
-        assert doc[f"{endpoint}_endpoint_auth_methods_supported"] == list(client_auth.METHODS)
+        # Introspection answers authenticated callers only: no public clients ("none").
+        methods = [m for m in client_auth.METHODS if endpoint != "introspection" or m != "none"]
+        assert doc[f"{endpoint}_endpoint_auth_methods_supported"] == methods
         assert doc[f"{endpoint}_endpoint_auth_signing_alg_values_supported"] == client_auth.signing_alg_values()
 
 

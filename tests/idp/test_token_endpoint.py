@@ -340,8 +340,9 @@ REFUSALS: dict[str, tuple[dict[str, Any], int, str, bool]] = {
         {**_b("basic"), "form": {"grant_type": "client_credentials", "resource": AUDIENCE + "#frag"}}, 400, "invalid_target", False),
     "rfc6749_5_2_unsupported_grant_type_password": (
         {**_b("basic"), "form": {"grant_type": "password", "username": "u", "password": "p"}}, 400, "unsupported_grant_type", False),
-    "rfc6749_5_2_unsupported_grant_type_authorization_code": (
-        {**_b("basic"), "form": {"grant_type": "authorization_code", "code": "x"}}, 400, "unsupported_grant_type", False),
+    "rfc6749_5_2_authorization_code_for_a_client_not_registered_for_it_is_unauthorized_client": (
+        {**_b("basic"), "form": {"grant_type": "authorization_code", "code": "x", "code_verifier": "v" * 43}}, 400,
+        "unauthorized_client", False),
     "rfc6749_5_2_missing_grant_type_is_invalid_request": (
         {**_b("basic"), "form": {"scope": "tools/call:x"}}, 400, "invalid_request", False),
     "rfc6749_5_2_empty_grant_type_is_invalid_request": (

@@ -22,6 +22,7 @@ from ..request import OAuthRequest
 from .base import BASIC_CHALLENGE, AuthContext, ClientAuthMethod, Credentials, UnusableClient
 from .client_secret_basic import ClientSecretBasic
 from .client_secret_post import ClientSecretPost
+from .none import NoClientAuthentication
 from .private_key_jwt import PrivateKeyJwt
 
 if TYPE_CHECKING:
@@ -48,6 +49,7 @@ def unregister(name: str) -> None:
 register(ClientSecretBasic())
 register(ClientSecretPost())
 register(PrivateKeyJwt())
+register(NoClientAuthentication())
 
 
 def signing_alg_values() -> list[str]:

@@ -39,8 +39,9 @@ class ClientAuthMethod(Protocol):
         """The ``token_endpoint_auth_method`` value (RFC 7591 §2), as registered for a client."""
 
     @property
-    def credential(self) -> Literal["secret", "jwks"]:
-        """What a client registers for this method: a generated secret or its public keys."""
+    def credential(self) -> Literal["secret", "jwks", "none"]:
+        """What a client registers for this method: a generated secret, its public keys, or
+        nothing (a public client)."""
 
     @property
     def signing_alg_values(self) -> tuple[str, ...]:

@@ -3,10 +3,12 @@ and the metadata document lists exactly the registered ones."""
 
 from __future__ import annotations
 
-from .base import Grant
+from .authorization_code import AuthorizationCodeGrant
+from .base import Grant, Issuance
 from .client_credentials import ClientCredentialsGrant
+from .refresh_token import RefreshTokenGrant
 
-__all__ = ["GRANTS", "Grant", "register", "unregister"]
+__all__ = ["GRANTS", "Grant", "Issuance", "register", "unregister"]
 
 #: Registered grants by ``grant_type``, in the order the metadata lists them.
 GRANTS: dict[str, Grant] = {}
@@ -21,3 +23,5 @@ def unregister(grant_type: str) -> None:
 
 
 register(ClientCredentialsGrant())
+register(AuthorizationCodeGrant())
+register(RefreshTokenGrant())

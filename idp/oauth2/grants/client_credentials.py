@@ -16,7 +16,7 @@ from sdk.capabilities import CapabilityError, CapabilitySet
 from ... import clock
 from .. import access_token
 from ..client import ClientRecord
-from ..errors import InvalidScope, InvalidTarget
+from ..errors import InvalidScope, InvalidTarget, UnauthorizedClient
 from ..request import OAuthRequest
 
 if TYPE_CHECKING:
@@ -62,8 +62,13 @@ def select_audience(client: ClientRecord, resources: list[str]) -> str:
 class ClientCredentialsGrant:
     grant_type = "client_credentials"
     parameters: Mapping[str, bool] = {"scope": False, "resource": False}
+    writes = False
 
     def issue(self, stores: Stores, client: ClientRecord, request: OAuthRequest) -> dict[str, Any]:
+        if client.auth_method == "none":  # RFC 6749 §4.4: confidential clients only
+            raise UnauthorizedClient("a public client cannot use the client credentials grant")
+        if self.grant_type not in client.grant_types:  # RFC 7591 §2: the grants it registered
+            raise UnauthorizedClient("the client is not registered for the client_credentials grant")
         form = request.form
         scope = select_scope(client, form.get("scope"))
         audience = select_audience(client, form.getall("resource"))
