@@ -16,7 +16,7 @@ from collections.abc import Mapping, Sequence
 from operator import itemgetter
 from typing import Any
 
-from sqlalchemy import Engine
+from sqlalchemy import Connection, Engine
 from sqlalchemy.sql import ClauseElement
 
 
@@ -51,6 +51,25 @@ class Prepared:
                 cur.close()
         finally:
             raw.close()  # back to the pool, which rolls back the implicit read transaction
+
+    def rowcount_in(self, conn: Connection, **values: Any) -> int:
+        """Execute on ``conn``'s DB-API connection, inside ``conn``'s transaction; rows affected."""
+        cur = conn.connection.cursor()
+        try:
+            cur.execute(self.sql, self._getter(values))
+            return int(cur.rowcount)
+        finally:
+            cur.close()
+
+    def first_in(self, conn: Connection, **values: Any) -> tuple[Any, ...] | None:
+        """The first row, read on ``conn``'s DB-API connection inside ``conn``'s transaction."""
+        cur = conn.connection.cursor()
+        try:
+            cur.execute(self.sql, self._getter(values))
+            row = cur.fetchone()
+            return tuple(row) if row is not None else None
+        finally:
+            cur.close()
 
     def execute_many(self, rows: Sequence[Mapping[str, Any]], raw: Any = None) -> None:
         """Execute once per row in ONE transaction, committed before returning — on ``raw`` (a
