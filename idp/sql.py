@@ -5,7 +5,9 @@ Why: measured in-process on this machine, SQLAlchemy's per-execute machinery (ca
 execution context, result wrapping) cost ~150 µs per statement, versus ~5 µs for the same
 SQLite query through the DB-API cursor — more than signing the token. The token endpoint runs
 one read (the client) and, via group commit, one batched insert (the audit record) per request,
-so those two use this; everything else goes through SQLAlchemy normally. The statement is still
+so those two use this; so do the statements of every code redemption and refresh (idp/authorization_codes.py,
+idp/token_families.py), run inside their SQLAlchemy transaction (``rowcount_in``, ``first_in``).
+Everything else goes through SQLAlchemy normally. The statement is still
 built with SQLAlchemy Core and compiled by the dialect, so SQLite and PostgreSQL share one code
 path and parameters are always bound, never formatted into the SQL.
 """
