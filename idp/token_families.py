@@ -132,11 +132,14 @@ class TokenFamilies:
 
     # --- the refresh token grant ---------------------------------------------------------------
 
-    def rotate(self, token: str, *, client_id: str,
-               check: Callable[[Authorization], None] | None = None) -> RefreshRotation:
+    def rotate(self, token: str, *, client_id: str, check: Callable[[Authorization], None] | None = None,
+               access: Callable[[Authorization], tuple[str, int]] | None = None) -> RefreshRotation:
         """Exchange a refresh token for its successor (RFC 6749 §6); InvalidGrant if it is unknown,
         expired, revoked or another client's. A reuse outside the retry grace revokes the family.
-        ``check`` sees the authorization before anything is written; what it raises spends nothing."""
+        ``check`` sees the authorization before anything is written; what it raises spends nothing.
+        ``access`` gives the (jti, exp) of the access token issued with the successor, recorded in
+        the family in the same transaction (one commit per refresh, and no revocation can fall
+        between the rotation and the record)."""
         if not isinstance(token, str) or len(token) > MAX_TOKEN_LENGTH or not token.isprintable():
             raise InvalidGrant("refresh token is invalid")
         digest = token_hash(token)
@@ -164,10 +167,12 @@ class TokenFamilies:
                         raise InvalidGrant("refresh token was revoked")
                     successor, expires = self._insert_refresh(conn, auth, now, family_expires)
                     self._set_successor.rowcount_in(conn, digest=digest, successor=token_hash(successor))
+                    self._record_access(conn, row.family_id, auth, access)
                     return RefreshRotation(auth, successor, expires)
                 row = conn.execute(select(_refresh).where(_refresh.c.token_hash == digest)).one()  # lost a race
             retried = self._grace_retry(conn, row, auth, now, check)
             if retried is not None:
+                self._record_access(conn, row.family_id, auth, access)
                 tx.record(audit.Record("refresh_token.retried", client_id, client_id=client_id,
                                        data={"family_id": row.family_id, "sub": auth.subject.id}))
                 return retried
@@ -176,6 +181,12 @@ class TokenFamilies:
                                    data={"family_id": row.family_id, "sub": auth.subject.id,
                                          "revoked_access_tokens": revoked}))
         raise InvalidGrant("refresh token was already used; every token of its authorization is revoked")
+
+    def _record_access(self, conn: Connection, family_id: str, auth: Authorization,
+                       access: Callable[[Authorization], tuple[str, int]] | None) -> None:
+        if access is not None:
+            jti, expires_at = access(auth)
+            self._insert_family_token.rowcount_in(conn, jti=jti, family_id=family_id, expires_at=expires_at)
 
     def _grace_retry(self, conn: Connection, row: Any, auth: Authorization, now: int,
                      check: Callable[[Authorization], None] | None) -> RefreshRotation | None:
