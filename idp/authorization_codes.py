@@ -80,14 +80,16 @@ class AuthorizationCodes:
                           redirect_uri=data["redirect_uri"], code_challenge=data["code_challenge"],
                           nonce=data.get("nonce"), expires_at=row.expires_at, used_at=row.used_at)
 
-    def consume(self, record: CodeRecord) -> bool:
-        """Mark the code used and start its token family; False if it was used (or expired) meanwhile."""
+    def consume(self, record: CodeRecord, *, access: tuple[str, int] | None = None,
+                refresh: bool = False) -> tuple[bool, str | None]:
+        """Mark the code used and start its token family with the access token (jti, exp) and, with
+        ``refresh``, the first refresh token, in one transaction (one commit per redemption);
+        (False, None) if the code was used (or expired) meanwhile."""
         now = clock.now()
         with self._engine.begin() as conn:
-            won = self._use.rowcount_in(conn, digest=record.code_hash, now=now)
-            if won:
-                self._families.start(conn, record.authorization, now)
-        return bool(won)
+            if not self._use.rowcount_in(conn, digest=record.code_hash, now=now):
+                return False, None
+            return True, self._families.start(conn, record.authorization, now, access=access, refresh=refresh)
 
     def replayed(self, record: CodeRecord, *, actor: str) -> int:
         """A used code came back: revoke every token issued from it (RFC 6749 §4.1.2), audited."""

@@ -79,12 +79,17 @@ class TokenFamilies:
 
     # --- starting a family and adding to it ---------------------------------------------------
 
-    def start(self, conn: Connection, auth: Authorization, now: int) -> None:
-        """Create the family of a code being redeemed (in the redeeming transaction)."""
+    def start(self, conn: Connection, auth: Authorization, now: int, *, access: tuple[str, int] | None = None,
+              refresh: bool = False) -> str | None:
+        """Create the family of a code being redeemed (in the redeeming transaction), with its first
+        access token (jti, exp) and, with ``refresh``, its first refresh token (returned)."""
+        family_expires = now + self._settings.refresh_family_lifetime
         self._insert_family.rowcount_in(
             conn, family_id=auth.family_id, client_id=auth.client_id, subject=auth.subject.id[:128],
-            resource=auth.resource, created_at=now, expires_at=now + self._settings.refresh_family_lifetime,
-            revoked_at=None, revoked_reason=None)
+            resource=auth.resource, created_at=now, expires_at=family_expires, revoked_at=None, revoked_reason=None)
+        if access is not None:
+            self._insert_family_token.rowcount_in(conn, jti=access[0], family_id=auth.family_id, expires_at=access[1])
+        return self._insert_refresh(conn, auth, now, family_expires)[0] if refresh else None
 
     def _lock_live(self, conn: Connection, family_id: str, now: int) -> int | None:
         """Lock the family row if it is live (not revoked, not expired); its expiry, else None.
@@ -95,30 +100,6 @@ class TokenFamilies:
         row = self._family_expiry.first_in(conn, family_id=family_id)
         assert row is not None  # locked just now
         return int(row[0])
-
-    def add_tokens(self, auth: Authorization, *, jti: str, access_expires_at: int,
-                   refresh: bool) -> tuple[str | None, int | None]:
-        """Record an access token of the family and, with ``refresh``, issue the family's first
-        refresh token; InvalidGrant if the family was revoked meanwhile (a code replay racing us)."""
-        now = clock.now()
-        token: str | None = None
-        expires: int | None = None
-        with self._engine.begin() as conn:
-            family_expires = self._lock_live(conn, auth.family_id, now)
-            if family_expires is None:
-                raise InvalidGrant("the authorization was revoked")
-            self._insert_family_token.rowcount_in(conn, jti=jti, family_id=auth.family_id,
-                                                  expires_at=access_expires_at)
-            if refresh:
-                token, expires = self._insert_refresh(conn, auth, now, family_expires)
-        return token, expires
-
-    def record_access_token(self, family_id: str, *, jti: str, access_expires_at: int) -> None:
-        """Record the access token issued by a refresh (the family is live: the rotation checked it)."""
-        with self._engine.begin() as conn:
-            if self._lock_live(conn, family_id, clock.now()) is None:
-                raise InvalidGrant("the authorization was revoked")
-            self._insert_family_token.rowcount_in(conn, jti=jti, family_id=family_id, expires_at=access_expires_at)
 
     def _insert_refresh(self, conn: Connection, auth: Authorization, now: int, family_expires: int,
                         ) -> tuple[str, int]:
