@@ -60,7 +60,8 @@ class AuthorizationCodes:
         data = {**auth.to_json(), "redirect_uri": redirect_uri, "code_challenge": code_challenge, "nonce": nonce}
         with audit.transaction(self._engine) as tx:
             self._insert.rowcount_in(
-                tx.conn, code_hash=code_hash(code), client_id=client_id, data=json.dumps(data, separators=(",", ":")),
+                tx.conn, code_hash=code_hash(code), client_id=client_id,
+                data=json.dumps(data, separators=(",", ":"), default=str),
                 family_id=auth.family_id, expires_at=now + self._settings.authorization_code_ttl, used_at=None)
             tx.record(audit.Record("authorization_code.issued", subject.id, client_id=client_id, ts=now, data={
                 "sub": subject.id, "resource": resource, "scope": scope, "other_scopes": list(other_scopes),

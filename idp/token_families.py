@@ -107,7 +107,7 @@ class TokenFamilies:
         expires = min(now + self._settings.refresh_token_ttl, family_expires)
         self._insert_refresh_token.rowcount_in(
             conn, token_hash=digest, family_id=auth.family_id, client_id=auth.client_id,
-            data=json.dumps(auth.to_json(), separators=(",", ":")), created_at=now, expires_at=expires,
+            data=json.dumps(auth.to_json(), separators=(",", ":"), default=str), created_at=now, expires_at=expires,
             used_at=None, successor_hash=None)
         return token, expires
 

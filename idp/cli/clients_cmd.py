@@ -75,6 +75,9 @@ def add(
     as_json: JsonOpt = False,
 ) -> None:
     """Register a client and print its client_id (and, once, its generated secret)."""
+    if not capabilities and not redirect_uri:  # a usage error (exit 2), before any database is opened
+        raise typer.BadParameter("required unless the client is interactive (--redirect-uri)",
+                                 param_hint="--capabilities")
     if public:
         if auth not in ("client_secret_basic", "none"):
             fail("--public is auth none; do not combine it with --auth", as_json=as_json)

@@ -19,4 +19,5 @@ def show(as_json: JsonOpt = False) -> None:
         return
     print_table(["setting", "value", "environment variable"],
                 [[name, "-" if value is None else escape(str(value)), "IDP_" + name.upper()]
-                 for name, value in settings.items()], ids={"environment variable"}, title="effective configuration")
+                 for name, value in settings.items()], ids={"value", "environment variable"},
+                title="effective configuration")  # values are copied (URLs, paths): never folded

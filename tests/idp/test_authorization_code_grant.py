@@ -342,3 +342,36 @@ def test_request_round_trips_through_json(env: Env) -> None:
                             max_age="300"))
     assert AuthorizationRequest.from_json(json.loads(json.dumps(req.to_json()))) == req
     assert req.other_scopes == {"openid", "offline_access"} and req.prompt == {"consent"} and req.max_age == 300
+
+
+def test_rfc6749_4_1_2_the_redirect_uris_own_query_is_kept(env: Env) -> None:
+    client, _ = register_interactive(env, redirect_uris=("https://app.example.test/cb?tenant=7",))
+    code, _, req = get_code(env, client, redirect_uri="https://app.example.test/cb?tenant=7")
+    from idp.oauth2.authorization_request import error_response
+
+    url = error_response(env.provider, req, "access_denied", "the person said no")
+    assert url.startswith("https://app.example.test/cb?tenant=7&")
+    assert query(url) == {"tenant": "7", "error": "access_denied", "error_description": "the person said no",
+                          "state": "st-1", "iss": env.settings.issuer}
+
+
+def test_unknown_public_client_and_public_introspection_are_refused(env: Env) -> None:
+    resp = env.http.post("/token", data={"grant_type": "authorization_code", "client_id": "no-such-client",
+                                         "code": "x", "code_verifier": "v" * 43})
+    assert_oauth_error(resp, 401, "invalid_client")
+    client, _ = register_interactive(env)
+    code, verifier, _ = get_code(env, client)
+    access = redeem(env, client, code, verifier).json()["access_token"]
+    resp = env.http.post("/introspect", data={"token": access, "client_id": client.client_id})
+    assert_oauth_error(resp, 400, "unauthorized_client")
+
+
+def test_token_issued_audit_names_the_person_and_the_family(env: Env) -> None:
+    client, _ = register_interactive(env)
+    code, verifier, _ = get_code(env, client)
+    jti = claims_of(redeem(env, client, code, verifier).json()["access_token"])["jti"]
+    [record] = env.audit("token.issued", jti=jti)
+    data = json.loads(record["data"])
+    assert data["grant_type"] == "authorization_code" and data["sub"] == ALICE.id and data["family_id"]
+    [issued] = [json.loads(r["data"]) for r in env.audit("authorization_code.issued", client_id=client.client_id)]
+    assert issued["family_id"] == data["family_id"] and issued["resource"] == AUDIENCE

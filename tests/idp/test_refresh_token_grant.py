@@ -234,3 +234,27 @@ def test_disabling_the_client_ends_its_refreshes(env: Env) -> None:
     env.provider.clients.set_enabled(client.client_id, False)
     assert_oauth_error(refresh(env, client, body["refresh_token"]), 401, "invalid_client")
     assert not introspect_active(env, body["access_token"])
+
+
+def test_concurrent_refreshes_of_one_token_never_fork_the_family(env: Env) -> None:
+    """Several refreshes of one token at once: one rotation and at most one grace retry succeed;
+    any further presentation is a replay, which revokes the family (and so every answer given)."""
+    import asyncio
+
+    import httpx
+
+    client, _ = register_interactive(env)
+    body = login(env, client)
+
+    async def race() -> list[Any]:
+        transport = httpx.ASGITransport(app=env.http.app)
+        async with httpx.AsyncClient(transport=transport, base_url=env.settings.issuer) as ac:
+            form = {"grant_type": "refresh_token", "refresh_token": body["refresh_token"], "client_id": client.client_id}
+            return list(await asyncio.gather(*(ac.post("/token", data=form) for _ in range(4))))
+
+    results = asyncio.run(race())
+    good = [r.json() for r in results if r.status_code == 200]
+    assert 1 <= len(good) <= 2, [r.text for r in results]
+    assert all(r.json()["error"] == "invalid_grant" for r in results if r.status_code != 200)
+    live = [g for g in good if refresh(env, client, g["refresh_token"]).status_code == 200]
+    assert len(live) <= 1  # never two live chains
