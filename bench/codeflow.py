@@ -951,6 +951,8 @@ def run(cfg: Config) -> dict:
                    "tmp_dir": str(tmp_root.parent), "scope": REQUEST_SCOPE, "resource": AUDIENCE,
                    "redirect_uri": REDIRECT_URI},
         "machine": machine_info(), "git": git_info(), "versions": versions,
+        "idp_src": {"path": str(cfg.idp_src), "commit": run_text(["git", "-C", str(cfg.idp_src), "rev-parse", "--short",
+                                                                   "HEAD"]) or "(none)"},
         "targets": {k: {"label": p.t.label, "argv": p.argv,
                         "setup": [[p.fmt(a) for a in (c[0] if isinstance(c, tuple) else c)] for c in p.t.setup],
                         "client_id": p.client_id, "authorization_endpoint": p.authorize_path,
@@ -1089,7 +1091,8 @@ def render_markdown(res: dict) -> str:
               f"- driver: Python {v['driver'].get('python')}, uvloop {v['driver'].get('uvloop')}",
               f"- machine: nproc {m.get('nproc')}, {m.get('cpu_model', '?')}, {m.get('mem_total', '?')}, "
               f"{m.get('os', '?')}, kernel {m.get('kernel')}",
-              f"- git: {res['git']['commit']}; run {res['started']} → {res['finished']}"]
+              f"- git: bench {res['git']['commit']}, IdP measured from `{res.get('idp_src', {}).get('path')}` at "
+              f"{res.get('idp_src', {}).get('commit')}; run {res['started']} → {res['finished']}"]
     if res["notes"]:
         lines += ["", "## Notes", ""] + [f"- {n}" for n in res["notes"]]
     lines += ["", "Raw data: `codeflow.json`. Reproduce: `.venv/bin/python bench/run.py --only codeflow`.", ""]
