@@ -836,6 +836,7 @@ class Config:
     tmp_dir: str | None = None
     driver_ceiling: bool = True
     prewarm: float = 4.0          # once per server and scenario before the rounds (JIT, caches)
+    profile: bool = False         # py-spy on ours during one extra run per scenario (after the rounds)
 
 
 def ours_usable(venv: Path, src: Path) -> tuple[bool, str]:
@@ -926,6 +927,8 @@ def run(cfg: Config) -> dict:
                             f"p50 {res['p50_ms'] or 0:6.2f} ms  p99 {res['p99_ms'] or 0:6.2f} ms  "
                             f"cpu {res['server_cpu_us_per_op'] or 0:5.0f} us/op  driver {res['driver_cores']:.2f} "
                             f"other {res['other_cores']:.2f} cores{flag}")
+        if cfg.profile and "ours" in procs:
+            profile_ours(procs["ours"], cfg)
         if cfg.driver_ceiling:
             ceiling = driver_ceiling(cfg, tmp_root)
     except Exception:
@@ -963,6 +966,71 @@ def run(cfg: Config) -> dict:
     }
     write_outputs(result, cfg.out_dir)
     return result
+
+
+def profile_ours(p: Proc, cfg: Config) -> None:
+    """py-spy (all threads, sampled) on ours during one run per scenario at the highest concurrency:
+    ``codeflow_profile_<scenario>.txt`` (raw collapsed stacks) and a summary ``codeflow_profile.md``
+    (share of the busy samples per function of the IdP, inclusive)."""
+    spy = shutil.which("py-spy") or str(cfg.venv / "bin" / "py-spy")
+    if not Path(spy).exists():
+        log("py-spy not found (pip install py-spy, or the bench extra): no profile")
+        return
+    c = max(cfg.concurrencies)
+    cfg.out_dir.mkdir(parents=True, exist_ok=True)
+    lines = ["# Where ours spends its time (py-spy, all threads)", "",
+             f"One {cfg.duration:g} s run per scenario at c={c}, sampled at 250 Hz; the share of the samples "
+             "in which a thread of the server was busy (not waiting for work), per function (inclusive). "
+             "Commits include the fsync (wall time).", ""]
+    for scenario in cfg.scenarios:
+        raw = cfg.out_dir / f"codeflow_profile_{scenario}.txt"
+        proc = subprocess.Popen([spy, "record", "--pid", str(p.proc.pid if p.proc else 0), "--format", "raw",
+                                 "-o", str(raw), "--rate", "250", "--nonblocking", "--duration",
+                                 str(int(cfg.duration) + 1)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        time.sleep(0.7)
+        r = measure(p, scenario, c, cfg.duration, cfg.max_ops)
+        try:
+            proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        if not raw.exists():
+            log(f"py-spy wrote nothing for {scenario} (ptrace not permitted?)")
+            continue
+        lines += [f"## {scenario} (c={c}: {r['ops_per_s']:.0f} op/s, server CPU {r['server_cpu_us_per_op'] or 0:.0f} "
+                  "µs/op)", "", "| share | function |", "|---:|---|"]
+        lines += [f"| {share:.1f}% | `{fn}` |" for share, fn in _profile_top(raw, 40)]
+        lines.append("")
+    (cfg.out_dir / "codeflow_profile.md").write_text("\n".join(lines) + "\n")
+    log(f"wrote {cfg.out_dir}/codeflow_profile.md")
+
+
+def _profile_top(raw: Path, n: int) -> list[tuple[float, str]]:
+    idle = ("_worker (concurrent", "select (selectors", "wait (threading", "get (queue", "run_forever", "_run_once")
+    incl: dict[str, int] = {}
+    busy = 0
+    for line in raw.read_text().splitlines():
+        stack, _, count = line.rpartition(" ")
+        frames = stack.split(";")
+        if not count.isdigit() or any(frames[-1].startswith(i) for i in idle):
+            continue
+        busy += int(count)
+        seen = set()
+        for f in frames:
+            name, _, where = f.partition(" (")
+            where = "/" + where.split(":")[0]  # py-spy shows paths relative to sys.path
+            for root in ("/idp/", "/sdk/", "/sqlalchemy/engine/base"):
+                if root in where:
+                    where = root.strip("/").split("/")[0] + "/" + where.split(root, 1)[1] if root != "/sqlalchemy/engine/base" \
+                        else "sqlalchemy/engine/base.py"
+                    break
+            else:
+                continue
+            key = f"{name} ({where})"
+            if key not in seen:
+                seen.add(key)
+                incl[key] = incl.get(key, 0) + int(count)
+    top = sorted(incl.items(), key=lambda kv: -kv[1])[:n]
+    return [(100 * v / busy, k) for k, v in top] if busy else []
 
 
 def driver_ceiling(cfg: Config, tmp_root: Path) -> list[dict]:

@@ -70,6 +70,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     cod.add_argument("--code-scenarios", default="code,refresh", help="code, refresh or both (default)")
     cod.add_argument("--idp-src", type=Path, default=REPO_DIR,
                      help="checkout whose IdP is measured (put on PYTHONPATH; default: this one)")
+    cod.add_argument("--code-profile", action="store_true",
+                     help="py-spy on ours during one extra run per scenario: results/codeflow_profile.md")
     cod.add_argument("--no-driver-ceiling", action="store_true",
                      help="skip measuring the driver against canned responses")
     ap.add_argument("--no-install", action="store_true",
@@ -144,6 +146,7 @@ def main(argv: list[str] | None = None) -> int:
                 redo_disturbed=(args.redo_disturbed if args.redo_disturbed is not None else (0 if args.quick else 1)),
                 driver_ceiling=not args.no_driver_ceiling,
                 prewarm=1.0 if args.quick else 4.0,
+                profile=args.code_profile,
             )
             try:
                 cf.print_summary(cf.run(ccfg))
