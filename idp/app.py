@@ -227,6 +227,12 @@ def create_app(settings: Settings | None = None, provider: Provider | None = Non
     for path in OAuthEndpoints.HANDLERS:
         app.add_api_route(path, post_only, methods=["POST"], include_in_schema=False)
 
+    # --- pages for people (idp/web): /authorize, login, consent ---
+    from .web import router as web_router
+
+    app.state.provider_getter = prov
+    app.include_router(web_router)
+
     @app.get("/healthz", tags=["ops"])
     async def healthz() -> Response:
         return _json(200, {"status": "ok", "version": __version__})

@@ -21,7 +21,7 @@ from sdk.capabilities import CapabilityError, CapabilitySet
 
 from . import audit, clock
 from .errors import IdPError
-from .models import AuditEvent, Client, RevokedToken
+from .models import AuditEvent, Client, Resource, RevokedToken
 from .oauth2 import client_auth, redirect_uris
 from .oauth2.client import CLIENT, KINDS, ClientRecord, hash_secret
 from .sql import Prepared
@@ -31,6 +31,7 @@ __all__ = ["AUTH_METHODS", "ClientError", "ClientRecord", "ClientRegistry", "gen
 _clients = Client.__table__  # type: ignore[attr-defined]
 _audit = AuditEvent.__table__  # type: ignore[attr-defined]
 _revoked = RevokedToken.__table__  # type: ignore[attr-defined]
+_resources = Resource.__table__  # type: ignore[attr-defined]
 MAX_TOKEN_LIFETIME = 86400  # the upper bound of access_token_ttl (idp.config)
 
 AUTH_METHODS = tuple(client_auth.METHODS)  # the registered client-authentication methods
@@ -244,6 +245,7 @@ class ClientRegistry:
                     data={"name": name, "kind": kind, "auth_method": auth_method, "capabilities": row["capabilities"],
                           "audiences": list(auds), "redirect_uris": list(uris), "grant_types": list(grants)},
                 ))
+                _register_resources(tx, auds, client_id=client_id, actor=actor, now=now)
         except IntegrityError:
             raise ClientError(f"a client named {name!r} already exists") from None
         return self._record(SimpleNamespace(**row)), secret
@@ -294,6 +296,32 @@ class ClientRegistry:
         if client is None:
             raise ClientError(f"no client {id_or_name!r}")
         return client
+
+
+def resource_name_of(uri: str) -> str:
+    """The name a resource registered from a client's audience gets: its host (or the URI)."""
+    host = urlsplit(uri).hostname
+    name = (host if host else uri)[:128]
+    return name if name.strip() and name.isprintable() else "resource"
+
+
+def _register_resources(tx: audit.Transaction, audiences: tuple[str, ...], *, client_id: str, actor: str,
+                        now: int) -> None:
+    """Register the audiences that are not yet protected resources, in the client's transaction:
+    tokens are minted only for registered resources, and ``idp clients add --audience URI`` keeps
+    meaning "this client may get tokens for URI"."""
+    if not audiences:
+        return
+    known = {r.uri for r in tx.conn.execute(select(_resources.c.uri).where(_resources.c.uri.in_(list(audiences))))}
+    for uri in audiences:
+        if uri in known:
+            continue
+        name = resource_name_of(uri)
+        tx.conn.execute(insert(_resources), [{"uri": uri, "name": name, "catalogue": "{}", "catalogue_updated_at": None,
+                                              "client_id": None, "created_at": now}])
+        # (client_id is the resource's catalogue client, none here; the client is in the data)
+        tx.record(audit.Record("resource.registered", actor,
+                               data={"uri": uri, "name": name, "audience_of": client_id}))
 
 
 def _revoke_outstanding(tx: audit.Transaction, client_id: str, *, actor: str, reason: str) -> int:

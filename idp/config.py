@@ -75,6 +75,27 @@ class Settings(BaseSettings):
     client_connections: int = Field(
         64, ge=0, description="Open connections per client address and worker process; 0 = no limit."
     )
+    # --- policy and resources (docs/policy.md, docs/resources.md) ---
+    policy_dir: Path | None = Field(
+        None, description="Folder of Cedar policies (*.cedar, optional *.cedarschema); unset = permit all.")
+    policy_reload: float = Field(
+        2.0, ge=0, le=3600, description="How often the policy folder is checked for changes, seconds; 0 = never.")
+    catalogue_max_age: int = Field(
+        0, ge=0, le=30 * 86400,
+        description="Refresh a resource's catalogue from its MCP server when older than this, seconds; 0 = never.")
+
+    # --- web pages: sessions, local-account login, interactions (idp/web; docs/authorization.md) ---
+    session_idle_ttl: int = Field(
+        3600, ge=60, le=30 * 86400, description="A browser session at the IdP ends after this long unused, seconds.")
+    session_absolute_ttl: int = Field(
+        8 * 3600, ge=60, le=90 * 86400, description="A browser session ends this long after login at the latest, s.")
+    interaction_ttl: int = Field(
+        600, ge=60, le=3600, description="How long a person has to log in and consent to one authorization request, s.")
+    login_fail_window: int = Field(900, ge=1, le=86400, description="Window of the login failure limits, seconds.")
+    login_fail_account: int = Field(
+        5, ge=0, le=1_000_000, description="Failed logins per local account per window before 429; 0 = no limit.")
+    login_fail_address: int = Field(
+        50, ge=0, le=1_000_000, description="Failed logins per remote address per window before 429; 0 = no limit.")
 
     # --- authorization code flow (docs/authorization.md) ---
     authorization_code_ttl: int = Field(60, ge=10, le=600, description="Authorization code lifetime, seconds.")

@@ -9,7 +9,8 @@ from __future__ import annotations
 import time
 from collections.abc import Awaitable
 from dataclasses import dataclass, field
-from typing import Any
+from functools import cached_property
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Engine
 
@@ -27,6 +28,12 @@ from .resources import ResourceRegistry
 from .revocations import RevocationList
 from .signing_keys import KeyRing
 from .token_families import TokenFamilies
+
+if TYPE_CHECKING:
+    from .consent import ConsentGrants
+    from .users import Users
+    from .web.interactions import Interactions
+    from .web.session import WebSessions
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,6 +80,8 @@ class Provider:
 
     @classmethod
     def open(cls, settings: Settings, *, migrate: bool = True, initial_key: bool = True) -> Provider:
+        # First: a broken policy folder refuses to start (PolicyError, one message naming file:line).
+        policy = Policy(settings.policy_dir, reload_interval=settings.policy_reload)
         engine = db.create_db_engine(settings.database_url, sqlite_synchronous=settings.sqlite_synchronous)
         if migrate:
             db.upgrade(engine)
@@ -87,6 +96,8 @@ class Provider:
         issuer = settings.issuer
         clients = ClientRegistry(engine)
         families = TokenFamilies(engine, settings)
+        resources = ResourceRegistry(engine)
+        policy.resources = resources  # the catalogue tells policies which tools are destructive
         return cls(
             settings=settings,
             engine=engine,
@@ -106,12 +117,44 @@ class Provider:
                 window=settings.auth_fail_window,
                 audit_limit=settings.auth_fail_audits,
             ),
-            resources=ResourceRegistry(engine),
-            policy=Policy(),
+            resources=resources,
+            policy=policy,
             client_resolver=RegisteredClients(clients),
             token_families=families,
             authorization_codes=AuthorizationCodes(engine, settings, families),
         )
+
+    # --- web pages (idp/web): people, their sessions, consent; built on first use ---
+    @cached_property
+    def users(self) -> Users:
+        from .users import Users
+
+        return Users(self.engine)
+
+    @cached_property
+    def consents(self) -> ConsentGrants:
+        from .consent import ConsentGrants
+
+        return ConsentGrants(self.engine)
+
+    @cached_property
+    def web_sessions(self) -> WebSessions:
+        from .web.session import WebSessions
+
+        return WebSessions(self.engine, self.settings)
+
+    @cached_property
+    def interactions(self) -> Interactions:
+        from .web.interactions import Interactions
+
+        return Interactions(self.engine, self.settings)
+
+    @cached_property
+    def login_throttle(self) -> AuthThrottle:
+        """Failed local-account logins, per account (the ``client_id`` key) and per address."""
+        s = self.settings
+        return AuthThrottle(per_client=s.login_fail_account, per_address=s.login_fail_address,
+                            window=s.login_fail_window, audit_limit=s.auth_fail_audits)
 
     @property
     def committer(self) -> audit.GroupCommitter:
@@ -139,8 +182,14 @@ class Provider:
             events.append(f"pruned {pruned} audit records")
         self.revocations.prune()
         self.assertion_jtis.prune()
+        self.web_sessions.prune()
+        self.interactions.prune()
         self.authorization_codes.prune()
         self.token_families.prune()
+        if self.settings.catalogue_max_age:
+            from .catalogue import refresh_stale  # imports the MCP client only when used
+
+            events.extend(refresh_stale(self, self.settings.catalogue_max_age))
         return events
 
     def close(self) -> None:

@@ -13,7 +13,20 @@ from typing import Annotated
 
 import typer
 
-from . import audit_cmd, clients_cmd, common, config_cmd, db_cmd, keys_cmd, serve_cmd, tokens_cmd
+from . import (
+    audit_cmd,
+    clients_cmd,
+    common,
+    config_cmd,
+    db_cmd,
+    grants_cmd,
+    keys_cmd,
+    policy_cmd,
+    resources_cmd,
+    serve_cmd,
+    tokens_cmd,
+    users_cmd,
+)
 
 app = typer.Typer(
     name="idp",
@@ -43,6 +56,10 @@ app.add_typer(tokens_cmd.app, name="tokens")
 app.add_typer(keys_cmd.app, name="keys")
 app.add_typer(audit_cmd.app, name="audit")
 app.add_typer(db_cmd.app, name="db")
+app.add_typer(users_cmd.app, name="users")
+app.add_typer(grants_cmd.app, name="grants")
+app.add_typer(policy_cmd.app, name="policy")
+app.add_typer(resources_cmd.app, name="resources")
 
 
 def main() -> None:

@@ -30,6 +30,11 @@ EVENTS: tuple[str, ...] = ("client.registered", "client.enabled", "client.disabl
 CODE_FLOW_EVENTS = ("authorization_code.issued", "authorization_code.replayed", "refresh_token.retried",
                     "refresh_token.reused", "token_family.revoked")
 EVENTS = (*EVENTS, *CODE_FLOW_EVENTS)
+# --- pages: local accounts, sessions, consent (docs/authorization.md#the-pages-login-sessions-and-consent) ---
+PAGES_EVENTS = ("user.added", "user.password_changed", "user.removed", "session.login", "session.logout",
+                "login.failed", "login.throttled", "consent.granted", "consent.denied", "consent.revoked")
+EVENTS = (*EVENTS, *PAGES_EVENTS)
+EVENTS += ("resource.registered", "resource.updated", "resource.removed", "resource.catalogue_updated")
 
 
 def _pattern(event: str) -> re.Pattern[str]:

@@ -2,8 +2,18 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
+
+
+def tool_flags(tool: Mapping[str, Any]) -> tuple[bool, bool]:
+    """(destructive, read_only) of a catalogue tool by the MCP defaults: ``destructiveHint``
+    defaults to true and counts only when the tool is not read-only (``readOnlyHint``)."""
+    annotations = tool.get("annotations")
+    annotations = annotations if isinstance(annotations, Mapping) else {}
+    read_only = annotations.get("readOnlyHint") is True
+    return not read_only and annotations.get("destructiveHint") is not False, read_only
 
 
 @dataclass(frozen=True)
@@ -14,6 +24,13 @@ class ResourceRecord:
     catalogue_updated_at: int | None = None
     client_id: str | None = None  # the resource server's client, which may push the catalogue
     created_at: int = 0
+
+    def tool(self, name: str) -> dict[str, Any] | None:
+        """The catalogue entry of a tool, or None."""
+        for tool in self.catalogue.get("tools") or ():
+            if isinstance(tool, dict) and tool.get("name") == name:
+                return tool
+        return None
 
     def public_dict(self) -> dict[str, Any]:
         return {

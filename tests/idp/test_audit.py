@@ -93,7 +93,9 @@ def test_every_security_event_has_an_audit_record_and_a_json_log_line(provider: 
 
     records = rows(provider)[before:]
     events = [r["event"] for r in records]
-    assert events == ["client.registered", "token.issued", "token.issued", "token.issued", "token.revoked",
+    # The client's two audiences become registered resources in the same transaction.
+    assert events == ["client.registered", "resource.registered", "resource.registered",
+                      "token.issued", "token.issued", "token.issued", "token.revoked",
                       "token.revoked", "key.created", "key.retired",
                       "token.revoked", "client.disabled"]  # disabling revokes the third, still-valid token
     reg = records[0]

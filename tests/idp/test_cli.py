@@ -321,7 +321,8 @@ def test_commands_print_no_log_records_unless_verbose_and_still_audit(tmp_path: 
     assert [r["msg"] for r in records] == ["client.registered"] and records[0]["logger"] == "cbst.audit"
     # Quiet or not, every change is in the audit log.
     events = [json.loads(line)["event"] for line in cli(env, "audit", "tail", "--json").stdout.splitlines()]
-    assert events == ["client.registered", "key.created", "key.created", "client.registered"]  # first key, rotation
+    # first key, rotation; the audience became a registered resource with the first client
+    assert events == ["client.registered", "resource.registered", "key.created", "key.created", "client.registered"]
 
 
 def test_tables_never_cut_the_ids_a_user_types_next(tmp_path: Path) -> None:
