@@ -31,7 +31,7 @@ from sdk.capabilities import CapabilityError, CapabilitySet
 
 from . import pkce, redirect_uris
 from .client import OPERATOR, ClientRecord
-from .errors import OAuthError
+from .errors import OAuthError, error_description
 from .subject import Subject
 
 if TYPE_CHECKING:
@@ -77,8 +77,6 @@ class AuthorizationError(OAuthError):
 
 
 def _description(text: str) -> str:
-    from .errors import error_description
-
     return error_description(text)[:256]
 
 

@@ -375,3 +375,21 @@ def test_token_issued_audit_names_the_person_and_the_family(env: Env) -> None:
     assert data["grant_type"] == "authorization_code" and data["sub"] == ALICE.id and data["family_id"]
     [issued] = [json.loads(r["data"]) for r in env.audit("authorization_code.issued", client_id=client.client_id)]
     assert issued["family_id"] == data["family_id"] and issued["resource"] == AUDIENCE
+
+
+def test_maintenance_forgets_expired_codes_and_families(env: Env, monkeypatch: pytest.MonkeyPatch) -> None:
+    client, _ = register_interactive(env)
+    code, _, _ = get_code(env, client)
+    spent, verifier, _ = get_code(env, client, scope="tools/call:echo offline_access")
+    assert "refresh_token" in redeem(env, client, spent, verifier).json()
+    before = (count(env, "authorization_codes"), count(env, "token_families"), count(env, "refresh_tokens"))
+    assert all(before)
+    far = idp.clock.now() + env.settings.refresh_family_lifetime + 2 * 86400
+    monkeypatch.setattr(idp.clock, "now", lambda: far)
+    # (Provider.maintain runs these; its audit pruning would refuse the moved clock.)
+    assert env.provider.authorization_codes.prune() >= 2 and env.provider.token_families.prune() >= 3
+    assert env.provider.authorization_codes.get(code) is None and env.provider.authorization_codes.get(spent) is None
+    with env.provider.engine.connect() as conn:
+        left = conn.execute(sa.text("SELECT COUNT(*) FROM token_families WHERE client_id = :c"),
+                            {"c": client.client_id}).scalar_one()
+    assert left == 0

@@ -11,7 +11,7 @@ import pytest
 from codeflow_testing import ALICE, ensure_resource, get_code, redeem, refresh, register_interactive
 from idp_testing import AUDIENCE
 from joserfc import jwt
-from test_token_endpoint import Env, assert_oauth_error, env, jwks_keyset  # noqa: F401 - env is a fixture
+from test_token_endpoint import Env, assert_oauth_error, eddsa_env, env, jwks_keyset  # noqa: F401 - fixtures
 
 OIDC = "/.well-known/openid-configuration"
 REQUIRED = ("issuer", "authorization_endpoint", "token_endpoint", "userinfo_endpoint", "jwks_uri",
@@ -155,3 +155,27 @@ def test_token_endpoint_refusal_shape_is_kept(env: Env) -> None:
     client, _ = register_interactive(env)
     assert_oauth_error(env.http.post("/token", data={"grant_type": "authorization_code", "client_id": client.client_id,
                                                      "code": "x", "code_verifier": "y" * 43}), 400, "invalid_grant")
+
+
+def test_the_official_python_mcp_client_accepts_both_metadata_documents(env: Env) -> None:
+    """The mcp package's own schema (it requires authorization_endpoint), for both documents."""
+    from mcp.shared.auth import OAuthMetadata
+
+    for path in ("/.well-known/oauth-authorization-server", OIDC):
+        doc = OAuthMetadata.model_validate(env.http.get(path).json())
+        assert str(doc.authorization_endpoint) == env.settings.issuer + "/authorize"
+        assert doc.code_challenge_methods_supported == ["S256"]
+        assert "none" in (doc.token_endpoint_auth_methods_supported or [])
+
+
+@pytest.mark.filterwarnings("ignore:EdDSA is deprecated")
+def test_core_3_1_3_6_at_hash_of_an_eddsa_id_token_uses_sha512(eddsa_env: Env) -> None:
+    ensure_resource(eddsa_env)
+    client, _ = register_interactive(eddsa_env)
+    code, verifier, _ = get_code(eddsa_env, client, scope="tools/call:echo openid")
+    body = redeem(eddsa_env, client, code, verifier).json()
+    keys, _ = jwks_keyset(eddsa_env.http)
+    verified = jwt.decode(body["id_token"], keys, algorithms=["EdDSA"])
+    digest = hashlib.sha512(body["access_token"].encode()).digest()
+    assert verified.header["alg"] == "EdDSA"
+    assert verified.claims["at_hash"] == base64.urlsafe_b64encode(digest[:32]).rstrip(b"=").decode()
