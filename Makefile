@@ -77,7 +77,7 @@ $(BENCH_STAMP): | $(BIN)/python
 	$(BIN)/pip install -q -e '.[bench]'
 	touch $@
 
-## make bench: token endpoint vs node-oidc-provider, JWS cost vs raw primitives, SDK verification, middleware overhead
+## make bench: token endpoint and authorization code + refresh vs node-oidc-provider, JWS cost vs raw primitives, SDK verification, middleware overhead
 bench: $(BENCH_STAMP)
 	$(BIN)/python bench/run.py
 	$(BIN)/python bench/sdk_verify.py

@@ -5,8 +5,9 @@
     .venv/bin/python bench/run.py --quick         # smoke run (~1 min)
     .venv/bin/python bench/run.py --only token    # token endpoint vs oidc-provider
     .venv/bin/python bench/run.py --only crypto   # sign/verify primitives vs pyjwt/joserfc
+    .venv/bin/python bench/run.py --only codeflow # authorization code + refresh vs oidc-provider
 
-Results go to bench/results/ (token_endpoint.{md,json,png}, crypto.{md,json}).
+Results go to bench/results/ (token_endpoint.{md,json,png}, crypto.{md,json}, codeflow.{md,json}).
 See bench/README.md for what is measured.
 """
 
@@ -32,7 +33,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description="CBST benchmarks (token endpoint, crypto)")
     ap.add_argument("--quick", action="store_true",
                     help="short smoke run: 2 s per point, 1 s warm-up, 1 round; short crypto loops")
-    ap.add_argument("--only", choices=("token", "crypto"), help="run only one benchmark")
+    ap.add_argument("--only", choices=("token", "crypto", "codeflow"), help="run only one benchmark")
     tok = ap.add_argument_group("token endpoint")
     tok.add_argument("--duration", type=float, help="seconds per measured wrk run (default 10)")
     tok.add_argument("--warmup", type=float, help="seconds of warm-up before each run (default 2;"
@@ -60,6 +61,19 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     cry.add_argument("--crypto-rounds", type=int, help="rounds per operation (default 7)")
     cry.add_argument("--crypto-target-ms", type=float,
                      help="duration of one timed loop in ms (default 200)")
+    cod = ap.add_argument_group("codeflow (authorization code round trip and refresh; --duration, --warmup, "
+                                "--rounds, --quiet-wait, --redo-disturbed, --tmp-dir, --ours apply too)")
+    cod.add_argument("--code-concurrency", default="1,8",
+                     help="comma-separated numbers of concurrent clients (default 1,8)")
+    cod.add_argument("--code-max-ops", type=int, default=20000,
+                     help="a run also ends after this many operations (default 20000)")
+    cod.add_argument("--code-scenarios", default="code,refresh", help="code, refresh or both (default)")
+    cod.add_argument("--idp-src", type=Path, default=REPO_DIR,
+                     help="checkout whose IdP is measured (put on PYTHONPATH; default: this one)")
+    cod.add_argument("--code-profile", action="store_true",
+                     help="py-spy on ours during one extra run per scenario: results/codeflow_profile.md")
+    cod.add_argument("--no-driver-ceiling", action="store_true",
+                     help="skip measuring the driver against canned responses")
     ap.add_argument("--no-install", action="store_true",
                     help="never install anything (wrk via apt, matplotlib/pyjwt/joserfc via pip, "
                          "npm ci for the peer is still done if node_modules is missing)")
@@ -113,6 +127,34 @@ def main(argv: list[str] | None = None) -> int:
             except Exception as e:  # noqa: BLE001
                 traceback.print_exc()
                 failures.append(f"crypto: {e}")
+        if args.only in (None, "codeflow"):
+            import codeflow as cf
+            ccfg = cf.Config(
+                duration=args.duration or (2.0 if args.quick else 8.0),
+                warmup=args.warmup if args.warmup is not None else (0.5 if args.quick else 1.5),
+                max_ops=args.code_max_ops,
+                concurrencies=tuple(int(c) for c in args.code_concurrency.split(",") if c.strip()),
+                rounds=args.rounds or (1 if args.quick else 3),
+                scenarios=tuple(x.strip() for x in args.code_scenarios.split(",") if x.strip()),
+                ours="none" if args.ours in ("none", "stub") else args.ours,
+                venv=args.venv.resolve(),
+                idp_src=args.idp_src.resolve(),
+                out_dir=args.out_dir,
+                quick=args.quick,
+                tmp_dir=args.tmp_dir,
+                quiet_wait=(args.quiet_wait if args.quiet_wait is not None else (3.0 if args.quick else 20.0)),
+                redo_disturbed=(args.redo_disturbed if args.redo_disturbed is not None else (0 if args.quick else 1)),
+                driver_ceiling=not args.no_driver_ceiling,
+                prewarm=1.0 if args.quick else 4.0,
+                profile=args.code_profile,
+            )
+            try:
+                cf.print_summary(cf.run(ccfg))
+            except (KeyboardInterrupt, SystemExit):
+                raise
+            except Exception as e:  # noqa: BLE001
+                traceback.print_exc()
+                failures.append(f"codeflow: {e}")
     except KeyboardInterrupt:
         print("\n[bench] interrupted; servers stopped", file=sys.stderr)
         return 130

@@ -13,18 +13,21 @@ from __future__ import annotations
 import hashlib
 import json
 import secrets
+from collections import namedtuple
 from typing import Any
 
-from sqlalchemy import Engine, delete, insert, select, update
+from sqlalchemy import Engine, bindparam, delete, insert, select, update
 
 from . import audit, clock
 from .config import Settings
 from .models import AuthorizationCode
 from .oauth2.grant_records import Authorization, CodeRecord
 from .oauth2.subject import Subject
+from .sql import Prepared
 from .token_families import TokenFamilies
 
 _codes = AuthorizationCode.__table__  # type: ignore[attr-defined]
+_CodeRow = namedtuple("_CodeRow", [c.name for c in _codes.c])  # type: ignore[misc]
 MAX_CODE_LENGTH = 256
 
 
@@ -37,6 +40,13 @@ class AuthorizationCodes:
         self._engine = engine
         self._settings = settings
         self._families = families
+        # Compiled once, run on the DB-API connection (idp/sql.py): one of each per round trip.
+        code = _codes.c
+        self._insert = Prepared(engine, insert(_codes), [c.name for c in code])
+        self._select = Prepared(engine, select(_codes).where(code.code_hash == bindparam("digest")))
+        self._use = Prepared(engine, update(_codes).where(
+            code.code_hash == bindparam("digest"), code.used_at.is_(None), code.expires_at > bindparam("now"),
+        ).values(used_at=bindparam("now")))
 
     def issue(self, *, client_id: str, redirect_uri: str, resource: str, scope: str, other_scopes: list[str],
               code_challenge: str, nonce: str | None, subject: Subject, auth_time: int,
@@ -49,11 +59,10 @@ class AuthorizationCodes:
                              family_id=secrets.token_hex(16))
         data = {**auth.to_json(), "redirect_uri": redirect_uri, "code_challenge": code_challenge, "nonce": nonce}
         with audit.transaction(self._engine) as tx:
-            tx.conn.execute(insert(_codes), [{
-                "code_hash": code_hash(code), "client_id": client_id,
-                "data": json.dumps(data, separators=(",", ":"), default=str),
-                "family_id": auth.family_id, "expires_at": now + self._settings.authorization_code_ttl, "used_at": None,
-            }])
+            self._insert.rowcount_in(
+                tx.conn, code_hash=code_hash(code), client_id=client_id,
+                data=json.dumps(data, separators=(",", ":"), default=str),
+                family_id=auth.family_id, expires_at=now + self._settings.authorization_code_ttl, used_at=None)
             tx.record(audit.Record("authorization_code.issued", subject.id, client_id=client_id, ts=now, data={
                 "sub": subject.id, "resource": resource, "scope": scope, "other_scopes": list(other_scopes),
                 "session_id": session_id[:16] if session_id else None, "family_id": auth.family_id}))
@@ -63,25 +72,25 @@ class AuthorizationCodes:
         """The code's record (used or not, expired or not), or None if there is no such code."""
         if not isinstance(code, str) or not code or len(code) > MAX_CODE_LENGTH or not code.isprintable():
             return None
-        with self._engine.connect() as conn:
-            row = conn.execute(select(_codes).where(_codes.c.code_hash == code_hash(code))).first()
-        if row is None:
+        found = self._select.first_tuple(digest=code_hash(code))
+        if found is None:
             return None
+        row: Any = _CodeRow(*found)
         data: dict[str, Any] = json.loads(row.data)
         return CodeRecord(code_hash=row.code_hash, authorization=Authorization.from_json(data),
                           redirect_uri=data["redirect_uri"], code_challenge=data["code_challenge"],
                           nonce=data.get("nonce"), expires_at=row.expires_at, used_at=row.used_at)
 
-    def consume(self, record: CodeRecord) -> bool:
-        """Mark the code used and start its token family; False if it was used (or expired) meanwhile."""
+    def consume(self, record: CodeRecord, *, access: tuple[str, int] | None = None,
+                refresh: bool = False) -> tuple[bool, str | None]:
+        """Mark the code used and start its token family with the access token (jti, exp) and, with
+        ``refresh``, the first refresh token, in one transaction (one commit per redemption);
+        (False, None) if the code was used (or expired) meanwhile."""
         now = clock.now()
         with self._engine.begin() as conn:
-            won = conn.execute(update(_codes).where(
-                _codes.c.code_hash == record.code_hash, _codes.c.used_at.is_(None), _codes.c.expires_at > now,
-            ).values(used_at=now)).rowcount
-            if won:
-                self._families.start(conn, record.authorization, now)
-        return bool(won)
+            if not self._use.rowcount_in(conn, digest=record.code_hash, now=now):
+                return False, None
+            return True, self._families.start(conn, record.authorization, now, access=access, refresh=refresh)
 
     def replayed(self, record: CodeRecord, *, actor: str) -> int:
         """A used code came back: revoke every token issued from it (RFC 6749 §4.1.2), audited."""

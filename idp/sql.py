@@ -5,7 +5,9 @@ Why: measured in-process on this machine, SQLAlchemy's per-execute machinery (ca
 execution context, result wrapping) cost ~150 µs per statement, versus ~5 µs for the same
 SQLite query through the DB-API cursor — more than signing the token. The token endpoint runs
 one read (the client) and, via group commit, one batched insert (the audit record) per request,
-so those two use this; everything else goes through SQLAlchemy normally. The statement is still
+so those two use this; so do the statements of every code redemption and refresh (idp/authorization_codes.py,
+idp/token_families.py), run inside their SQLAlchemy transaction (``rowcount_in``, ``first_in``).
+Everything else goes through SQLAlchemy normally. The statement is still
 built with SQLAlchemy Core and compiled by the dialect, so SQLite and PostgreSQL share one code
 path and parameters are always bound, never formatted into the SQL.
 """
@@ -16,7 +18,7 @@ from collections.abc import Mapping, Sequence
 from operator import itemgetter
 from typing import Any
 
-from sqlalchemy import Engine
+from sqlalchemy import Connection, Engine
 from sqlalchemy.sql import ClauseElement
 
 
@@ -51,6 +53,25 @@ class Prepared:
                 cur.close()
         finally:
             raw.close()  # back to the pool, which rolls back the implicit read transaction
+
+    def rowcount_in(self, conn: Connection, **values: Any) -> int:
+        """Execute on ``conn``'s DB-API connection, inside ``conn``'s transaction; rows affected."""
+        cur = conn.connection.cursor()
+        try:
+            cur.execute(self.sql, self._getter(values))
+            return int(cur.rowcount)
+        finally:
+            cur.close()
+
+    def first_in(self, conn: Connection, **values: Any) -> tuple[Any, ...] | None:
+        """The first row, read on ``conn``'s DB-API connection inside ``conn``'s transaction."""
+        cur = conn.connection.cursor()
+        try:
+            cur.execute(self.sql, self._getter(values))
+            row = cur.fetchone()
+            return tuple(row) if row is not None else None
+        finally:
+            cur.close()
 
     def execute_many(self, rows: Sequence[Mapping[str, Any]], raw: Any = None) -> None:
         """Execute once per row in ONE transaction, committed before returning — on ``raw`` (a

@@ -23,20 +23,23 @@ from __future__ import annotations
 import hashlib
 import json
 import secrets
+from collections import namedtuple
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from sqlalchemy import Connection, Engine, delete, insert, select, update
+from sqlalchemy import Connection, Engine, bindparam, delete, insert, select, update
 
 from . import audit, clock
 from .config import Settings
 from .models import FamilyToken, RefreshToken, RevokedToken, TokenFamily
 from .oauth2.grant_records import Authorization, InvalidGrant, RefreshRotation
+from .sql import Prepared
 
 _families = TokenFamily.__table__  # type: ignore[attr-defined]
 _family_tokens = FamilyToken.__table__  # type: ignore[attr-defined]
 _refresh = RefreshToken.__table__  # type: ignore[attr-defined]
 _revoked = RevokedToken.__table__  # type: ignore[attr-defined]
+_RefreshRow = namedtuple("_RefreshRow", [c.name for c in _refresh.c])  # type: ignore[misc]
 REFRESH_PREFIX = "cbstr_"  # makes leaked refresh tokens easy for scanners to recognise
 SUPERSEDED = ""  # successor_hash of a token that may not be retried again
 MAX_TOKEN_LENGTH = 256
@@ -55,106 +58,102 @@ class TokenFamilies:
     def __init__(self, engine: Engine, settings: Settings) -> None:
         self._engine = engine
         self._settings = settings
+        # The statements of every redemption and refresh, compiled once and run on the
+        # transaction's own DB-API connection: building and executing them through SQLAlchemy
+        # cost more than the rest of the request (idp/sql.py). Cold paths stay plain SQLAlchemy.
+        fam, ref = _families.c, _refresh.c
+        self._insert_family = Prepared(engine, insert(_families), [c.name for c in _families.c])
+        self._insert_family_token = Prepared(engine, insert(_family_tokens), [c.name for c in _family_tokens.c])
+        self._insert_refresh_token = Prepared(engine, insert(_refresh), [c.name for c in _refresh.c])
+        self._lock = Prepared(engine, update(_families).where(
+            fam.family_id == bindparam("family_id"), fam.revoked_at.is_(None), fam.expires_at > bindparam("now"),
+        ).values(revoked_at=fam.revoked_at))
+        self._family_expiry = Prepared(engine, select(fam.expires_at).where(fam.family_id == bindparam("family_id")))
+        self._family_state = Prepared(engine, select(fam.revoked_at, fam.expires_at)
+                                      .where(fam.family_id == bindparam("family_id")))
+        self._refresh_row = Prepared(engine, select(_refresh).where(ref.token_hash == bindparam("digest")))
+        self._use_refresh = Prepared(engine, update(_refresh).where(
+            ref.token_hash == bindparam("digest"), ref.used_at.is_(None)).values(used_at=bindparam("now")))
+        self._set_successor = Prepared(engine, update(_refresh).where(ref.token_hash == bindparam("digest"))
+                                       .values(successor_hash=bindparam("successor")))
 
     # --- starting a family and adding to it ---------------------------------------------------
 
-    def start(self, conn: Connection, auth: Authorization, now: int) -> None:
-        """Create the family of a code being redeemed (in the redeeming transaction)."""
-        conn.execute(insert(_families), [{
-            "family_id": auth.family_id, "client_id": auth.client_id, "subject": auth.subject.id[:128],
-            "resource": auth.resource, "created_at": now, "expires_at": now + self._settings.refresh_family_lifetime,
-            "revoked_at": None, "revoked_reason": None,
-        }])
+    def start(self, conn: Connection, auth: Authorization, now: int, *, access: tuple[str, int] | None = None,
+              refresh: bool = False) -> str | None:
+        """Create the family of a code being redeemed (in the redeeming transaction), with its first
+        access token (jti, exp) and, with ``refresh``, its first refresh token (returned)."""
+        family_expires = now + self._settings.refresh_family_lifetime
+        self._insert_family.rowcount_in(
+            conn, family_id=auth.family_id, client_id=auth.client_id, subject=auth.subject.id[:128],
+            resource=auth.resource, created_at=now, expires_at=family_expires, revoked_at=None, revoked_reason=None)
+        if access is not None:
+            self._insert_family_token.rowcount_in(conn, jti=access[0], family_id=auth.family_id, expires_at=access[1])
+        return self._insert_refresh(conn, auth, now, family_expires)[0] if refresh else None
 
     def _lock_live(self, conn: Connection, family_id: str, now: int) -> int | None:
         """Lock the family row if it is live (not revoked, not expired); its expiry, else None.
         The no-op UPDATE takes the row lock, so a concurrent revocation either waits for us (and
         then sees our token) or has already committed (and we see it)."""
-        locked = conn.execute(update(_families).where(
-            _families.c.family_id == family_id, _families.c.revoked_at.is_(None), _families.c.expires_at > now,
-        ).values(revoked_at=_families.c.revoked_at)).rowcount
-        if not locked:
+        if not self._lock.rowcount_in(conn, family_id=family_id, now=now):
             return None
-        return int(conn.execute(select(_families.c.expires_at).where(_families.c.family_id == family_id)).scalar_one())
-
-    def add_tokens(self, auth: Authorization, *, jti: str, access_expires_at: int,
-                   refresh: bool) -> tuple[str | None, int | None]:
-        """Record an access token of the family and, with ``refresh``, issue the family's first
-        refresh token; InvalidGrant if the family was revoked meanwhile (a code replay racing us)."""
-        now = clock.now()
-        token: str | None = None
-        expires: int | None = None
-        with self._engine.begin() as conn:
-            family_expires = self._lock_live(conn, auth.family_id, now)
-            if family_expires is None:
-                raise InvalidGrant("the authorization was revoked")
-            conn.execute(insert(_family_tokens), [{"jti": jti, "family_id": auth.family_id,
-                                                   "expires_at": access_expires_at}])
-            if refresh:
-                token, expires = self._insert_refresh(conn, auth, now, family_expires)
-        return token, expires
-
-    def record_access_token(self, family_id: str, *, jti: str, access_expires_at: int) -> None:
-        """Record the access token issued by a refresh (the family is live: the rotation checked it)."""
-        with self._engine.begin() as conn:
-            if self._lock_live(conn, family_id, clock.now()) is None:
-                raise InvalidGrant("the authorization was revoked")
-            conn.execute(insert(_family_tokens), [{"jti": jti, "family_id": family_id,
-                                                   "expires_at": access_expires_at}])
+        row = self._family_expiry.first_in(conn, family_id=family_id)
+        assert row is not None  # locked just now
+        return int(row[0])
 
     def _insert_refresh(self, conn: Connection, auth: Authorization, now: int, family_expires: int,
                         ) -> tuple[str, int]:
         token, digest = _new_refresh_token()
         expires = min(now + self._settings.refresh_token_ttl, family_expires)
-        conn.execute(insert(_refresh), [{
-            "token_hash": digest, "family_id": auth.family_id, "client_id": auth.client_id,
-            "data": json.dumps(auth.to_json(), separators=(",", ":"), default=str),
-            "created_at": now, "expires_at": expires,
-            "used_at": None, "successor_hash": None,
-        }])
+        self._insert_refresh_token.rowcount_in(
+            conn, token_hash=digest, family_id=auth.family_id, client_id=auth.client_id,
+            data=json.dumps(auth.to_json(), separators=(",", ":"), default=str), created_at=now, expires_at=expires,
+            used_at=None, successor_hash=None)
         return token, expires
 
     # --- the refresh token grant ---------------------------------------------------------------
 
-    def rotate(self, token: str, *, client_id: str,
-               check: Callable[[Authorization], None] | None = None) -> RefreshRotation:
+    def rotate(self, token: str, *, client_id: str, check: Callable[[Authorization], None] | None = None,
+               access: Callable[[Authorization], tuple[str, int]] | None = None) -> RefreshRotation:
         """Exchange a refresh token for its successor (RFC 6749 §6); InvalidGrant if it is unknown,
         expired, revoked or another client's. A reuse outside the retry grace revokes the family.
-        ``check`` sees the authorization before anything is written; what it raises spends nothing."""
+        ``check`` sees the authorization before anything is written; what it raises spends nothing.
+        ``access`` gives the (jti, exp) of the access token issued with the successor, recorded in
+        the family in the same transaction (one commit per refresh, and no revocation can fall
+        between the rotation and the record)."""
         if not isinstance(token, str) or len(token) > MAX_TOKEN_LENGTH or not token.isprintable():
             raise InvalidGrant("refresh token is invalid")
         digest = token_hash(token)
         now = clock.now()
         with audit.transaction(self._engine) as tx:
             conn = tx.conn
-            row = conn.execute(select(_refresh).where(_refresh.c.token_hash == digest)).first()
-            if row is None:
+            found = self._refresh_row.first_in(conn, digest=digest)
+            if found is None:
                 raise InvalidGrant("refresh token is invalid")
+            row: Any = _RefreshRow(*found)
             if row.client_id != client_id:
                 raise InvalidGrant("refresh token was issued to another client")
             if row.expires_at <= now:
                 raise InvalidGrant("refresh token has expired")
             auth = Authorization.from_json(json.loads(row.data))
-            family = conn.execute(select(_families.c.revoked_at, _families.c.expires_at)
-                                  .where(_families.c.family_id == row.family_id)).first()
-            if family is None or family.revoked_at is not None or family.expires_at <= now:
+            family = self._family_state.first_in(conn, family_id=row.family_id)
+            if family is None or family[0] is not None or family[1] <= now:
                 raise InvalidGrant("refresh token was revoked")  # nothing to write: it is dead already
             if check is not None and row.used_at is None:
                 check(auth)
             if row.used_at is None:
-                won = conn.execute(update(_refresh).where(_refresh.c.token_hash == digest, _refresh.c.used_at.is_(None))
-                                   .values(used_at=now)).rowcount
-                if won:
+                if self._use_refresh.rowcount_in(conn, digest=digest, now=now):
                     family_expires = self._lock_live(conn, row.family_id, now)
                     if family_expires is None:
                         raise InvalidGrant("refresh token was revoked")
                     successor, expires = self._insert_refresh(conn, auth, now, family_expires)
-                    conn.execute(update(_refresh).where(_refresh.c.token_hash == digest)
-                                 .values(successor_hash=token_hash(successor)))
+                    self._set_successor.rowcount_in(conn, digest=digest, successor=token_hash(successor))
+                    self._record_access(conn, row.family_id, auth, access)
                     return RefreshRotation(auth, successor, expires)
                 row = conn.execute(select(_refresh).where(_refresh.c.token_hash == digest)).one()  # lost a race
             retried = self._grace_retry(conn, row, auth, now, check)
             if retried is not None:
+                self._record_access(conn, row.family_id, auth, access)
                 tx.record(audit.Record("refresh_token.retried", client_id, client_id=client_id,
                                        data={"family_id": row.family_id, "sub": auth.subject.id}))
                 return retried
@@ -163,6 +162,12 @@ class TokenFamilies:
                                    data={"family_id": row.family_id, "sub": auth.subject.id,
                                          "revoked_access_tokens": revoked}))
         raise InvalidGrant("refresh token was already used; every token of its authorization is revoked")
+
+    def _record_access(self, conn: Connection, family_id: str, auth: Authorization,
+                       access: Callable[[Authorization], tuple[str, int]] | None) -> None:
+        if access is not None:
+            jti, expires_at = access(auth)
+            self._insert_family_token.rowcount_in(conn, jti=jti, family_id=family_id, expires_at=expires_at)
 
     def _grace_retry(self, conn: Connection, row: Any, auth: Authorization, now: int,
                      check: Callable[[Authorization], None] | None) -> RefreshRotation | None:

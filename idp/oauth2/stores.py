@@ -78,8 +78,10 @@ class AuthorizationCodeStore(Protocol):
 
     def get(self, code: str) -> CodeRecord | None: ...
 
-    def consume(self, record: CodeRecord) -> bool:
-        """Atomically mark the code used and start its token family; False if it was already used."""
+    def consume(self, record: CodeRecord, *, access: tuple[str, int] | None = None,
+                refresh: bool = False) -> tuple[bool, str | None]:
+        """Atomically mark the code used and start its token family, with the access token (jti, exp)
+        and, with ``refresh``, the first refresh token; (False, None) if it was already used."""
 
     def replayed(self, record: CodeRecord, *, actor: str) -> int:
         """Revoke every token issued from a code redeemed twice (audited)."""
@@ -88,13 +90,8 @@ class AuthorizationCodeStore(Protocol):
 class TokenFamilyStore(Protocol):
     """Tokens issued from one code: access tokens by jti, rotated refresh tokens (idp.token_families)."""
 
-    def add_tokens(self, auth: Authorization, *, jti: str, access_expires_at: int,
-                   refresh: bool) -> tuple[str | None, int | None]: ...
-
-    def record_access_token(self, family_id: str, *, jti: str, access_expires_at: int) -> None: ...
-
-    def rotate(self, token: str, *, client_id: str,
-               check: Callable[[Authorization], None] | None = None) -> RefreshRotation: ...
+    def rotate(self, token: str, *, client_id: str, check: Callable[[Authorization], None] | None = None,
+               access: Callable[[Authorization], tuple[str, int]] | None = None) -> RefreshRotation: ...
 
     def revoke_refresh_token(self, token: str, *, client_id: str) -> bool: ...
 

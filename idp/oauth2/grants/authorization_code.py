@@ -101,16 +101,14 @@ class AuthorizationCodeGrant:
         resources = form.getall("resource")
         if len(resources) > 1 or (resources and resources[0] != auth.resource):
             raise InvalidTarget("resource differs from the one of the authorization request")
-        if not codes.consume(record):
+        claims = access_claims(stores, auth, auth.scope, auth.other_scopes, now)
+        won, refresh_token = codes.consume(record, access=(claims["jti"], claims["exp"]),
+                                           refresh=wants_refresh(client, auth.other_scopes))
+        if not won:
             codes.replayed(record, actor=client.client_id)
             raise InvalidGrant("the authorization code was already used; the tokens issued from it are revoked")
 
-        claims = access_claims(stores, auth, auth.scope, auth.other_scopes, now)
-        refresh = wants_refresh(client, auth.other_scopes)
-
         def complete(token: str) -> dict[str, Any]:
-            refresh_token, _ = stores.token_families.add_tokens(auth, jti=claims["jti"],
-                                                                access_expires_at=claims["exp"], refresh=refresh)
             return response_fields(stores, client, auth, claims, token, auth.scope, auth.other_scopes,
                                    record.nonce, refresh_token)
 

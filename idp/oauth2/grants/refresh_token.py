@@ -79,15 +79,18 @@ class RefreshTokenGrant:
                 raise InvalidTarget("resource differs from the one the refresh token was issued for")
             chosen["scope"] = narrowed(stores, client, auth, requested)
 
+        claims: dict[str, Any] = {}
+
+        def access(auth: Authorization) -> tuple[str, int]:  # recorded in the rotating transaction
+            claims.update(access_claims(stores, auth, *chosen["scope"], clock.now()))
+            return claims["jti"], claims["exp"]
+
         rotation = stores.token_families.rotate(form.get("refresh_token") or "", client_id=client.client_id,
-                                                check=check)
+                                                check=check, access=access)
         auth = rotation.authorization
         capabilities, other = chosen["scope"]
-        claims = access_claims(stores, auth, capabilities, other, clock.now())
 
         def complete(token: str) -> dict[str, Any]:
-            stores.token_families.record_access_token(auth.family_id, jti=claims["jti"],
-                                                      access_expires_at=claims["exp"])
             return response_fields(stores, client, auth, claims, token, capabilities, other, None,
                                    rotation.refresh_token)
 
