@@ -21,6 +21,8 @@ from fastapi.responses import Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.middleware.cors import CORSMiddleware
 
+from sdk.asgi import BodyTooLarge, read_body
+
 from . import __version__, blocking, clock, logs
 from .config import Settings
 from .federation import routes as federation_routes
@@ -132,22 +134,7 @@ class OAuthEndpoints:
         )
 
     async def _read_body(self, declared: str | None, receive: Any) -> bytes:
-        """The body, refused with 413 past the limit (checked before and while reading)."""
-        limit = self._max_body
-        if declared is not None and (not declared.isdigit() or int(declared) > limit):
-            raise InvalidRequest(f"request body larger than {limit} bytes", status=413)
-        chunks, size, more = [], 0, True
-        while more:
-            message = await receive()
-            if message["type"] == "http.disconnect":
-                raise InvalidRequest("client disconnected")
-            chunk = message.get("body", b"")
-            size += len(chunk)
-            if size > limit:
-                raise InvalidRequest(f"request body larger than {limit} bytes", status=413)
-            chunks.append(chunk)
-            more = message.get("more_body", False)
-        return b"".join(chunks)
+        return await read_limited_body(declared, receive, self._max_body)
 
 
 def create_app(settings: Settings | None = None, provider: Provider | None = None, *, maintenance: bool = True) -> Any:
@@ -271,7 +258,8 @@ def registration_routes(app: FastAPI, settings: Settings, prov: Callable[[], Pro
     async def answer(request: Request, client_id: str | None) -> Response:
         provider = prov()
         try:
-            body = await _limited_body(request, settings.max_body_bytes)
+            declared = request.headers.get("content-length")
+            body = await read_limited_body(declared, request.receive, settings.max_body_bytes)
             req = registration.RegistrationRequest(
                 method=request.method, headers={k.lower(): v for k, v in request.headers.items()}, body=body,
                 remote_addr=request.client.host if request.client else None)
@@ -298,18 +286,17 @@ def registration_routes(app: FastAPI, settings: Settings, prov: Callable[[], Pro
         return await answer(request, client_id)
 
 
-async def _limited_body(request: Request, limit: int) -> bytes:
-    """The body, refused with 413 past ``limit`` (declared or while reading)."""
-    declared = request.headers.get("content-length")
+async def read_limited_body(declared: str | None, receive: Any, limit: int) -> bytes:
+    """The body (SDK's bounded reader), refused with 413 past ``limit``: declared or while reading."""
     if declared is not None and (not declared.isdigit() or int(declared) > limit):
         raise InvalidRequest(f"request body larger than {limit} bytes", status=413)
-    chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise InvalidRequest(f"request body larger than {limit} bytes", status=413)
-        chunks.append(chunk)
-    return b"".join(chunks)
+    try:
+        body = await read_body(receive, limit)
+    except BodyTooLarge:
+        raise InvalidRequest(f"request body larger than {limit} bytes", status=413) from None
+    if body is None:
+        raise InvalidRequest("client disconnected")
+    return body
 
 
 def _etag_matches(if_none_match: str | None, etag: str) -> bool:

@@ -17,6 +17,8 @@ from fastapi import APIRouter
 from starlette.requests import Request
 from starlette.responses import Response
 
+from sdk.asgi import BodyTooLarge, read_body
+
 from .. import audit, blocking
 from ..oauth2.authorization_request import AuthorizationError, InvalidAuthorizationRequest, parse_authorization_request
 from ..oauth2.errors import OAuthError
@@ -62,11 +64,12 @@ async def _form(request: Request) -> dict[str, list[str]]:
     declared = request.headers.get("content-length")
     if declared is not None and (not declared.isdigit() or int(declared) > limit):
         raise BadInput("the form is too large")
-    body = bytearray()
-    async for chunk in request.stream():
-        body += chunk
-        if len(body) > limit:
-            raise BadInput("the form is too large")
+    try:
+        body = await read_body(request.receive, limit)
+    except BodyTooLarge:
+        raise BadInput("the form is too large") from None
+    if body is None:
+        raise BadInput("the form was not received")
     try:
         return _pairs(body.decode("utf-8"))
     except UnicodeDecodeError:
